@@ -1,0 +1,25 @@
+"""ltau: Loss Trajectory Analysis for Uncertainty.
+
+Record every training sample's error at every epoch, turn each trajectory into a distribution,
+and predict a query's error distribution from its nearest training samples in the model's latent
+space. See ``ErrorRecorder``, ``ErrorDistributions`` and ``LTAUEstimator``.
+"""
+
+__version__ = "0.1.0"
+
+from ltau.distributions import Bins, ErrorDistributions
+from ltau.estimator import LTAUEstimator, LTAUPrediction
+from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.recording import ErrorLog, ErrorRecorder
+
+__all__ = [
+    "Bins",
+    "ErrorDistributions",
+    "ErrorLog",
+    "ErrorRecorder",
+    "LTAUEstimator",
+    "LTAUFileError",
+    "LTAUInputError",
+    "LTAUPrediction",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""Built-in end-to-end demonstrations (need the ``demo`` extra)."""

@@ -1,0 +1,358 @@
+"""The LTAU estimator: a query's error distribution from its nearest training samples.
+
+``fit(descriptors, distributions)`` indexes the training descriptors; ``predict`` finds each
+query's k nearest training samples (Euclidean distance in descriptor space) and averages their
+error distributions, uniformly or with inverse-distance weights ``w_j = 1 / max(d_j, 1e-12)``.
+
+Scalar outputs are linear in the neighbours' distributions, so they are computed from
+per-sample statistics precomputed once (expected error at fit time, exceedance once per
+``atol``) and never gather ``k x n_bins`` arrays; quantiles, intervals and the full PDF need
+the mixture and are computed in batches of queries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ltau._io import atomic_h5, open_checked, read_array, write_array
+from ltau._validation import as_float_matrix, as_probabilities, positive_int
+from ltau.distributions import (
+    Bins,
+    ErrorDistributions,
+    central_interval,
+    read_distributions_group,
+    write_distributions_group,
+)
+from ltau.distributions import quantiles as mixture_quantiles
+from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.search import NeighborIndex
+
+ESTIMATOR_FORMAT = "ltau-estimator"
+Weighting = Literal["uniform", "distance"]
+_MIN_DISTANCE = 1e-12
+_MIXTURE_FLOATS = 1 << 22
+"""Largest ``queries x k x n_bins`` block gathered at once when forming mixtures (32 MB)."""
+
+
+@dataclass
+class LTAUPrediction:
+    """Predicted error statistics for ``n`` queries (errors in the unit of the training errors).
+
+    ``expected_error``: ``(n,)`` mean of the predicted error distribution (an expected |error|,
+    not a standard deviation). ``ood_score``: ``(n,)`` mean Euclidean (not squared) distance to
+    the k neighbours, in descriptor units. ``exceedance``: ``(n, len(atol))`` ``P(error > atol)``.
+    ``quantiles``: ``(n, len(quantile_levels))``. ``interval_lower`` / ``interval_upper``:
+    ``(n,)`` central interval at ``confidence``. ``pdf``: ``(n, n_bins)`` density on ``bins``.
+    ``neighbor_indices`` / ``neighbor_distances``: ``(n, k)``.
+    """
+
+    expected_error: np.ndarray
+    ood_score: np.ndarray
+    neighbor_indices: np.ndarray
+    neighbor_distances: np.ndarray
+    atol: tuple[float, ...] = ()
+    exceedance: np.ndarray | None = None
+    quantile_levels: tuple[float, ...] = ()
+    quantiles: np.ndarray | None = None
+    confidence: float | None = None
+    interval_lower: np.ndarray | None = None
+    interval_upper: np.ndarray | None = None
+    pdf: np.ndarray | None = None
+    bins: Bins | None = None
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Per-query scalar results as named 1-D columns (for CSV or a structured array)."""
+        table = {"expected_error": self.expected_error, "ood_score": self.ood_score}
+        if self.exceedance is not None:
+            for column, atol in enumerate(self.atol):
+                table[f"p_exceed_{atol:g}"] = self.exceedance[:, column]
+        if self.quantiles is not None:
+            for column, level in enumerate(self.quantile_levels):
+                table[f"quantile_{level:g}"] = self.quantiles[:, column]
+        if self.interval_lower is not None and self.interval_upper is not None:
+            table[f"interval_{self.confidence:g}_lower"] = self.interval_lower
+            table[f"interval_{self.confidence:g}_upper"] = self.interval_upper
+        return table
+
+
+class LTAUEstimator:
+    """Predict a model's error distribution for new inputs from its training error trajectories.
+
+    Parameters
+    ----------
+    n_neighbors:
+        k, the number of nearest training samples averaged per query.
+    weights:
+        ``"uniform"`` (plain mean) or ``"distance"`` (inverse-distance weights).
+    index:
+        Neighbour search backend: ``"exact"``, ``"hnsw"`` or ``"ivfpq"`` (see :mod:`ltau.search`).
+    index_params:
+        Parameters of that backend, e.g. ``{"ef_search": 128}`` or ``{"nlist": 1024, "nprobe": 32}``.
+    batch_size:
+        Queries processed at once (bounds memory for quantiles and PDFs).
+    """
+
+    def __init__(
+        self,
+        n_neighbors: int = 10,
+        *,
+        weights: Weighting = "uniform",
+        index: str = "exact",
+        index_params: dict[str, int] | None = None,
+        batch_size: int = 65536,
+    ) -> None:
+        self.n_neighbors = n_neighbors
+        self.weights = weights
+        self.index = index
+        self.index_params = dict(index_params or {})
+        self.batch_size = batch_size
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, descriptors: np.ndarray, distributions: ErrorDistributions) -> LTAUEstimator:
+        """Index training ``descriptors`` ``(n_samples, dim)``; row i has distribution i."""
+        self._validate_settings()
+        if not isinstance(distributions, ErrorDistributions):
+            raise LTAUInputError("distributions must be an ErrorDistributions instance")
+        data = as_float_matrix(descriptors, "descriptors")
+        if data.shape[0] != distributions.n_samples:
+            raise LTAUInputError(
+                f"{data.shape[0]} descriptor rows but {distributions.n_samples} distributions"
+            )
+        if self.n_neighbors > data.shape[0]:
+            raise LTAUInputError(
+                f"n_neighbors={self.n_neighbors} exceeds the {data.shape[0]} training samples"
+            )
+        neighbor_index = NeighborIndex(self.index, self.index_params).build(data)
+        self._set_fitted(neighbor_index, distributions)
+        return self
+
+    def _validate_settings(self) -> None:
+        positive_int(self.n_neighbors, "n_neighbors")
+        positive_int(self.batch_size, "batch_size")
+        if self.weights not in ("uniform", "distance"):
+            raise LTAUInputError(f"weights must be 'uniform' or 'distance'; got {self.weights!r}")
+        NeighborIndex(self.index, self.index_params)  # validates the kind and its parameters
+
+    def _set_fitted(self, neighbor_index: NeighborIndex, distributions: ErrorDistributions) -> None:
+        self.index_ = neighbor_index
+        self.distributions_ = distributions
+        self.sample_expected_error_ = distributions.expected_error()
+        self._exceedance_cache: dict[float, np.ndarray] = {}
+
+    @property
+    def n_features_in_(self) -> int:
+        """Descriptor size the estimator was fitted on."""
+        return self._fitted_index().dim
+
+    @property
+    def bins(self) -> Bins:
+        self._fitted_index()
+        return self.distributions_.bins
+
+    def _fitted_index(self) -> NeighborIndex:
+        if not hasattr(self, "index_"):
+            raise LTAUInputError("this LTAUEstimator is not fitted yet; call fit() or load()")
+        return self.index_
+
+    # --------------------------------------------------------------- prediction
+    def kneighbors(self, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(distances, indices)`` of the k nearest training samples, each ``(n, k)``."""
+        return self._fitted_index().search(descriptors, self.n_neighbors)
+
+    def neighbor_weights(self, distances: np.ndarray) -> np.ndarray:
+        """Normalised averaging weights ``(n, k)`` for neighbour ``distances`` ``(n, k)``."""
+        found = np.isfinite(distances)
+        if not found.any(axis=1).all():
+            raise LTAUInputError(
+                "the approximate index found no neighbour for some queries; raise nprobe/ef_search"
+            )
+        if self.weights == "uniform":
+            raw = found.astype(np.float64)
+        else:
+            raw = np.where(found, 1.0 / np.maximum(distances, _MIN_DISTANCE), 0.0)
+        return raw / raw.sum(axis=1, keepdims=True)
+
+    def predict(
+        self,
+        descriptors: np.ndarray,
+        *,
+        atol: float | Sequence[float] | None = None,
+        quantiles: float | Sequence[float] | None = None,
+        confidence: float | None = None,
+        return_pdf: bool = False,
+        progress: bool = False,
+    ) -> LTAUPrediction:
+        """Predicted error statistics for query ``descriptors`` ``(n, dim)``.
+
+        ``atol``: tolerances for ``P(error > atol)``; ``quantiles``: levels in [0, 1];
+        ``confidence``: level of a central interval (e.g. 0.9); ``return_pdf``: include the
+        mixture density on the training bins.
+        """
+        neighbor_index = self._fitted_index()
+        data = as_float_matrix(descriptors, "query descriptors")
+        if data.shape[1] != neighbor_index.dim:
+            raise LTAUInputError(
+                f"query descriptors have {data.shape[1]} features; the estimator was fitted on "
+                f"{neighbor_index.dim}"
+            )
+        atol_values = _tolerances(atol)
+        levels = as_probabilities(quantiles, "quantiles") if quantiles is not None else None
+        if confidence is not None:
+            confidence = float(as_probabilities(confidence, "confidence")[0])
+        needs_mixture = levels is not None or confidence is not None or return_pdf
+        per_atol = [self._sample_exceedance(value) for value in atol_values]
+
+        parts: dict[str, list[np.ndarray]] = {}
+        starts = range(0, data.shape[0], self.batch_size)
+        if progress:
+            starts = tqdm(starts, desc="predicting", unit="batch")
+        for start in starts:
+            batch = data[start : start + self.batch_size]
+            distances, indices = neighbor_index.search(batch, self.n_neighbors)
+            weights = self.neighbor_weights(distances)
+            safe = np.maximum(indices, 0)
+            found = np.isfinite(distances)
+            results = {
+                "distances": distances,
+                "indices": indices,
+                "expected": np.sum(weights * self.sample_expected_error_[safe], axis=1),
+                "ood": np.sum(np.where(found, distances, 0.0), axis=1) / found.sum(axis=1),
+            }
+            if per_atol:
+                results["exceed"] = np.stack(
+                    [np.sum(weights * values[safe], axis=1) for values in per_atol], axis=1
+                )
+            if needs_mixture:
+                mixture = self._mixture(weights, safe)
+                if levels is not None:
+                    results["quantiles"] = mixture_quantiles(mixture, self.bins, levels)
+                if confidence is not None:
+                    lower, upper = central_interval(mixture, self.bins, confidence)
+                    results["lower"], results["upper"] = lower, upper
+                if return_pdf:
+                    results["pdf"] = mixture / self.bins.widths
+            for name, value in results.items():
+                parts.setdefault(name, []).append(value)
+
+        def joined(name: str) -> np.ndarray | None:
+            return np.concatenate(parts[name]) if name in parts else None
+
+        return LTAUPrediction(
+            expected_error=joined("expected"),
+            ood_score=joined("ood"),
+            neighbor_indices=joined("indices"),
+            neighbor_distances=joined("distances"),
+            atol=tuple(float(v) for v in atol_values),
+            exceedance=joined("exceed"),
+            quantile_levels=tuple(float(v) for v in levels) if levels is not None else (),
+            quantiles=joined("quantiles"),
+            confidence=confidence,
+            interval_lower=joined("lower"),
+            interval_upper=joined("upper"),
+            pdf=joined("pdf"),
+            bins=self.bins,
+        )
+
+    def _mixture(self, weights: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """Weighted mean of the neighbours' masses, ``(n, n_bins)``, in bounded blocks."""
+        n_queries, k = indices.shape
+        block = max(1, _MIXTURE_FLOATS // (k * self.bins.n_bins))
+        mixture = np.empty((n_queries, self.bins.n_bins))
+        for start in range(0, n_queries, block):
+            rows = slice(start, start + block)
+            masses = self.distributions_.mass(indices[rows].ravel()).reshape(
+                -1, k, self.bins.n_bins
+            )
+            mixture[rows] = np.einsum("qk,qkb->qb", weights[rows], masses)
+        return mixture
+
+    def _sample_exceedance(self, atol: float) -> np.ndarray:
+        """Per-training-sample ``P(error > atol)``, computed once per tolerance."""
+        if atol not in self._exceedance_cache:
+            self._exceedance_cache[atol] = self.distributions_.exceedance(atol)
+        return self._exceedance_cache[atol]
+
+    # -------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
+        """Write everything needed to predict to one HDF5 file, atomically.
+
+        ``metadata``: JSON-serialisable facts to keep with the estimator (units, model, data).
+        """
+        neighbor_index = self._fitted_index()
+        try:
+            metadata_json = json.dumps(metadata or {})
+        except TypeError as exc:
+            raise LTAUInputError(f"metadata must be JSON-serialisable: {exc}") from exc
+        with atomic_h5(path, ESTIMATOR_FORMAT) as handle:
+            handle.attrs["settings"] = json.dumps(self.get_params())
+            handle.attrs["metadata"] = metadata_json
+            handle.attrs["n_samples"] = self.distributions_.n_samples
+            handle.attrs["descriptor_dim"] = neighbor_index.dim
+            write_distributions_group(handle.create_group("distributions"), self.distributions_)
+            index_group = handle.create_group("index")
+            index_group.attrs["kind"] = neighbor_index.kind
+            index_group.attrs["params"] = json.dumps(neighbor_index.params)
+            write_array(index_group, "faiss", neighbor_index.serialize())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LTAUEstimator:
+        """Read an estimator written by :meth:`save`; predictions are identical."""
+        with open_checked(path, ESTIMATOR_FORMAT) as handle:
+            try:
+                settings = json.loads(handle.attrs["settings"])
+                metadata = json.loads(handle.attrs.get("metadata", "{}"))
+                index_group = handle["index"]
+                kind = str(index_group.attrs["kind"])
+                params = json.loads(index_group.attrs["params"])
+                distributions_group = handle["distributions"]
+                n_samples = int(handle.attrs["n_samples"])
+                dim = int(handle.attrs["descriptor_dim"])
+            except (KeyError, ValueError) as exc:
+                raise LTAUFileError(
+                    f"{path} is missing or has invalid estimator settings: {exc}"
+                ) from exc
+            distributions = read_distributions_group(distributions_group, path)
+            serialized = read_array(index_group, "faiss", path)
+        try:
+            estimator = cls(**settings)
+            estimator._validate_settings()
+            neighbor_index = NeighborIndex.deserialize(kind, params, serialized)
+        except (TypeError, LTAUInputError) as exc:
+            raise LTAUFileError(f"{path}: stored estimator settings are invalid: {exc}") from exc
+        if neighbor_index.n_items != n_samples or distributions.n_samples != n_samples:
+            raise LTAUFileError(f"{path}: index, distributions and sample count disagree")
+        if neighbor_index.dim != dim:
+            raise LTAUFileError(f"{path}: index dimension {neighbor_index.dim} != stored {dim}")
+        estimator._set_fitted(neighbor_index, distributions)
+        estimator.metadata_ = metadata
+        return estimator
+
+    def get_params(self) -> dict:
+        """Constructor parameters (as in scikit-learn)."""
+        return {
+            "n_neighbors": self.n_neighbors,
+            "weights": self.weights,
+            "index": self.index,
+            "index_params": self.index_params,
+            "batch_size": self.batch_size,
+        }
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{name}={value!r}" for name, value in self.get_params().items())
+        return f"LTAUEstimator({settings})"
+
+
+def _tolerances(atol: float | Sequence[float] | None) -> np.ndarray:
+    if atol is None:
+        return np.empty(0)
+    values = np.atleast_1d(np.asarray(atol, dtype=np.float64))
+    if values.ndim != 1 or not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise LTAUInputError(f"atol must be finite, non-negative numbers; got {atol!r}")
+    return values

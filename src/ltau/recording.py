@@ -1,0 +1,405 @@
+"""Recording error trajectories: per-sample errors, epoch after epoch, for one or more models.
+
+:class:`ErrorRecorder` takes each epoch's errors (in batches, by integer sample id; for a force
+field one id per training atom) and keeps
+
+* streaming per-sample histograms on fixed bins (memory independent of the number of epochs), and/or
+* the raw log on disk (HDF5), from which distributions can be rebuilt with other bins.
+
+The log is flushed after every epoch and the count of complete epochs is written last, so a log
+whose writer was killed can be reopened with :meth:`ErrorRecorder.resume`: every completed
+epoch is still there and recording continues. :class:`ErrorLog` reads a log.
+
+Log layout (format ``ltau-error-log``, version 1): ``errors`` float32 ``(n_epochs, n_samples)``
+(NaN where a sample was not recorded that epoch), ``member`` int32 ``(n_epochs,)`` (which model
+each row belongs to), ``row_min_positive`` / ``row_max`` float64 ``(n_epochs,)``; root attributes
+``n_samples`` and ``n_complete``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from ltau._io import atomic_h5, open_checked
+from ltau._validation import as_error_vector, as_index_vector, positive_int
+from ltau.distributions import (
+    Bins,
+    ErrorDistributions,
+    HistogramAccumulator,
+    Spacing,
+)
+from ltau.exceptions import LTAUFileError, LTAUInputError
+
+LOG_FORMAT = "ltau-error-log"
+_ROW_CHUNK = 1 << 18
+
+
+class ErrorRecorder:
+    """Record per-sample errors during training.
+
+    Parameters
+    ----------
+    n_samples:
+        Number of training samples (ids ``0 .. n_samples - 1``).
+    bins:
+        Bins for live streaming histograms. Without bins, distributions are built from the log.
+    log_path:
+        Where to keep the raw per-epoch log (HDF5). At least one of ``bins`` and ``log_path``
+        must be given.
+    overwrite:
+        Replace an existing log at ``log_path`` (otherwise that is an error; see :meth:`resume`).
+
+    Example
+    -------
+    >>> recorder = ErrorRecorder(n_atoms, bins=Bins.log(1e-3, 10.0), log_path="errors.h5")
+    >>> for epoch in range(n_epochs):
+    ...     for batch_ids, batch_errors in training_epoch():
+    ...         recorder.record(batch_ids, batch_errors)
+    ...     recorder.end_epoch()
+    >>> distributions = recorder.distributions()
+    """
+
+    def __init__(
+        self,
+        n_samples: int,
+        *,
+        bins: Bins | None = None,
+        log_path: str | os.PathLike | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.n_samples = positive_int(n_samples, "n_samples")
+        if bins is None and log_path is None:
+            raise LTAUInputError("give bins (for live histograms), a log_path (raw log), or both")
+        self._accumulator = HistogramAccumulator(bins, self.n_samples) if bins is not None else None
+        self._buffer = np.full(self.n_samples, np.nan, dtype=np.float32)
+        self._seen = np.zeros(self.n_samples, dtype=bool)
+        self._epochs_by_member: dict[int, int] = {}
+        self._log: h5py.File | None = None
+        self.log_path = Path(log_path) if log_path is not None else None
+        if self.log_path is not None:
+            if self.log_path.exists() and not overwrite:
+                raise LTAUFileError(
+                    f"{self.log_path} exists; use ErrorRecorder.resume() to continue it, "
+                    "or overwrite=True to replace it"
+                )
+            _create_log(self.log_path, self.n_samples)
+            self._log = open_checked(self.log_path, LOG_FORMAT, mode="r+")
+
+    @classmethod
+    def resume(cls, log_path: str | os.PathLike, *, bins: Bins | None = None) -> ErrorRecorder:
+        """Reopen an existing log (for example after a crash) and continue recording.
+
+        Rows of an epoch that was not completed are dropped. With ``bins``, live histograms are
+        rebuilt from the completed epochs.
+        """
+        handle = open_checked(log_path, LOG_FORMAT, mode="r+")
+        try:
+            n_samples = int(handle.attrs["n_samples"])
+            n_complete = _check_log(handle, log_path)
+            for name in ("errors", "member", "row_min_positive", "row_max"):
+                handle[name].resize(n_complete, axis=0)
+            handle.flush()
+        except BaseException:
+            handle.close()
+            raise
+        recorder = cls.__new__(cls)
+        recorder.n_samples = n_samples
+        recorder.log_path = Path(log_path)
+        recorder._log = handle
+        recorder._buffer = np.full(n_samples, np.nan, dtype=np.float32)
+        recorder._seen = np.zeros(n_samples, dtype=bool)
+        members, counts = np.unique(handle["member"][:], return_counts=True)
+        recorder._epochs_by_member = {int(m): int(c) for m, c in zip(members, counts, strict=True)}
+        recorder._accumulator = None
+        if bins is not None:
+            recorder._accumulator = HistogramAccumulator(bins, n_samples)
+            for row in _iter_rows(handle, np.arange(n_complete)):
+                _add_row(recorder._accumulator, row)
+        return recorder
+
+    @property
+    def n_epochs(self) -> int:
+        """Completed epochs, summed over models."""
+        return sum(self._epochs_by_member.values())
+
+    @property
+    def epochs_by_member(self) -> dict[int, int]:
+        """Completed epochs of each model (member id -> count)."""
+        return dict(self._epochs_by_member)
+
+    def record(self, ids: Sequence[int] | np.ndarray, errors: Sequence[float] | np.ndarray) -> None:
+        """Record the errors (finite, >= 0) of samples ``ids`` in the current epoch."""
+        ids_array = as_index_vector(ids, self.n_samples)
+        errors_array = as_error_vector(errors)
+        if ids_array.shape != errors_array.shape:
+            raise LTAUInputError(f"{ids_array.size} ids but {errors_array.size} errors")
+        if self._seen[ids_array].any() or np.unique(ids_array).size != ids_array.size:
+            repeated = ids_array[self._seen[ids_array]]
+            example = repeated[0] if repeated.size else ids_array[np.argmax(np.bincount(ids_array))]
+            raise LTAUInputError(
+                f"sample {example} was recorded twice in one epoch; call end_epoch() between epochs"
+            )
+        self._buffer[ids_array] = errors_array
+        self._seen[ids_array] = True
+
+    def end_epoch(self, member: int = 0, *, allow_missing: bool = False) -> int:
+        """Close the current epoch of model ``member``; return its epoch number for that model.
+
+        Every sample must have been recorded unless ``allow_missing`` (then missing samples are
+        stored as NaN in the log and left out of the histograms).
+        """
+        if isinstance(member, bool) or not isinstance(member, (int, np.integer)) or member < 0:
+            raise LTAUInputError(f"member must be a non-negative integer; got {member!r}")
+        n_seen = int(self._seen.sum())
+        if n_seen == 0:
+            raise LTAUInputError("no errors were recorded in this epoch")
+        if n_seen < self.n_samples and not allow_missing:
+            missing = np.flatnonzero(~self._seen)
+            raise LTAUInputError(
+                f"{missing.size} of {self.n_samples} samples were not recorded this epoch "
+                f"(first ids: {missing[:5].tolist()}); pass allow_missing=True to accept that"
+            )
+        if self._accumulator is not None:
+            ids = (
+                np.flatnonzero(self._seen) if n_seen < self.n_samples else np.arange(self.n_samples)
+            )
+            self._accumulator.add(ids, self._buffer[ids])
+        if self._log is not None:
+            _append_row(self._log, self._buffer, int(member))
+        epoch = self._epochs_by_member.get(int(member), 0)
+        self._epochs_by_member[int(member)] = epoch + 1
+        self._buffer.fill(np.nan)
+        self._seen.fill(False)
+        return epoch
+
+    def record_epoch(self, errors: Sequence[float] | np.ndarray, member: int = 0) -> int:
+        """Record a whole epoch at once: ``errors`` has one entry per sample, in id order."""
+        errors_array = as_error_vector(errors)
+        if errors_array.size != self.n_samples:
+            raise LTAUInputError(
+                f"record_epoch needs {self.n_samples} errors (one per sample); "
+                f"got {errors_array.size}"
+            )
+        self.record(np.arange(self.n_samples), errors_array)
+        return self.end_epoch(member)
+
+    def distributions(
+        self,
+        bins: Bins | None = None,
+        *,
+        n_bins: int | None = None,
+        spacing: Spacing | None = None,
+        members: Sequence[int] | None = None,
+        progress: bool = False,
+    ) -> ErrorDistributions:
+        """Per-sample error distributions pooled over the chosen models (default: all).
+
+        With no arguments the live histograms are returned (as a copy). Other ``bins``, a bin
+        count or spacing (bins then span the observed range; defaults 100, ``"log"``) or a subset
+        of ``members`` rebuild the distributions from the log in one streaming pass.
+        """
+        if self.n_epochs == 0:
+            raise LTAUInputError("no epoch has been completed yet")
+        live = self._accumulator
+        rebin = n_bins is not None or spacing is not None or members is not None
+        if live is not None and not rebin and (bins is None or bins == live.bins):
+            return ErrorDistributions(live.bins, live.counts.copy(), live.n_below, live.n_above)
+        if self._log is None:
+            raise LTAUInputError(
+                "other bins or a subset of members need the raw log; create the recorder "
+                "with log_path"
+            )
+        self._log.flush()
+        return _distributions_from_log(
+            self._log, bins, n_bins or 100, spacing or "log", members, progress
+        )
+
+    def close(self) -> None:
+        """Close the log file (completed epochs are already on disk)."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> ErrorRecorder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class ErrorLog:
+    """Read-only view of a recorded error log (see the module docstring for its layout)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._file = open_checked(self.path, LOG_FORMAT)
+        try:
+            self.n_samples = int(self._file.attrs["n_samples"])
+            self.n_epochs = _check_log(self._file, self.path)
+            self.members = self._file["member"][: self.n_epochs].astype(np.int64)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def rows(self, members: Sequence[int] | None = None) -> np.ndarray:
+        """Indices of the log rows (epochs) that belong to ``members`` (default: all)."""
+        return _select_rows(self._file, members)
+
+    def epochs(self, members: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+        """Yield each selected epoch's errors, float32 ``(n_samples,)``, NaN where not recorded."""
+        yield from _iter_rows(self._file, self.rows(members))
+
+    def to_array(self, members: Sequence[int] | None = None) -> np.ndarray:
+        """All selected epochs in memory, float32 ``(n_epochs, n_samples)``; for small logs."""
+        rows = self.rows(members)
+        return (
+            np.stack(list(_iter_rows(self._file, rows)))
+            if rows.size
+            else np.empty((0, self.n_samples), np.float32)
+        )
+
+    def distributions(
+        self,
+        bins: Bins | None = None,
+        *,
+        n_bins: int = 100,
+        spacing: Spacing = "log",
+        members: Sequence[int] | None = None,
+        progress: bool = False,
+    ) -> ErrorDistributions:
+        """Build per-sample distributions in one streaming pass over the log."""
+        return _distributions_from_log(self._file, bins, n_bins, spacing, members, progress)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ErrorLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _create_log(path: Path, n_samples: int) -> None:
+    with atomic_h5(path, LOG_FORMAT) as handle:
+        handle.attrs["n_samples"] = n_samples
+        handle.attrs["n_complete"] = 0
+        handle.create_dataset(
+            "errors",
+            shape=(0, n_samples),
+            maxshape=(None, n_samples),
+            dtype=np.float32,
+            chunks=(1, min(n_samples, _ROW_CHUNK)),
+            fletcher32=True,
+        )
+        handle.create_dataset(
+            "member", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1024,)
+        )
+        for name in ("row_min_positive", "row_max"):
+            handle.create_dataset(
+                name, shape=(0,), maxshape=(None,), dtype=np.float64, chunks=(1024,)
+            )
+
+
+def _check_log(handle: h5py.File, source: object) -> int:
+    """Validate a log's structure and return its number of complete epochs."""
+    for name in ("errors", "member", "row_min_positive", "row_max"):
+        if name not in handle:
+            raise LTAUFileError(f"{source} is missing the dataset {name!r}")
+    n_samples = int(handle.attrs.get("n_samples", -1))
+    n_complete = int(handle.attrs.get("n_complete", -1))
+    if handle["errors"].ndim != 2 or handle["errors"].shape[1] != n_samples:
+        raise LTAUFileError(f"{source}: errors do not have shape (n_epochs, {n_samples})")
+    shortest = min(
+        handle[name].shape[0] for name in ("errors", "member", "row_min_positive", "row_max")
+    )
+    if not 0 <= n_complete <= shortest:
+        raise LTAUFileError(
+            f"{source}: it claims {n_complete} complete epochs but holds {shortest}"
+        )
+    return n_complete
+
+
+def _append_row(handle: h5py.File, row: np.ndarray, member: int) -> None:
+    """Append one epoch, then mark it complete and flush: the count is written last."""
+    epoch = int(handle.attrs["n_complete"])
+    positive = row[row > 0]
+    statistics = {
+        "member": member,
+        "row_min_positive": float(positive.min()) if positive.size else np.nan,
+        "row_max": float(np.nanmax(row)),
+    }
+    handle["errors"].resize(epoch + 1, axis=0)
+    handle["errors"][epoch] = row
+    for name, value in statistics.items():
+        handle[name].resize(epoch + 1, axis=0)
+        handle[name][epoch] = value
+    handle.attrs["n_complete"] = epoch + 1
+    handle.flush()
+
+
+def _select_rows(handle: h5py.File, members: Sequence[int] | None) -> np.ndarray:
+    """Row indices of the complete epochs of ``members`` (default: all rows)."""
+    n_complete = int(handle.attrs["n_complete"])
+    if members is None:
+        return np.arange(n_complete)
+    present = handle["member"][:n_complete]
+    wanted = np.asarray(list(members), dtype=np.int64)
+    unknown = np.setdiff1d(wanted, present)
+    if unknown.size:
+        raise LTAUInputError(
+            f"members {unknown.tolist()} are not in {handle.filename} "
+            f"(it has {np.unique(present).tolist()})"
+        )
+    return np.flatnonzero(np.isin(present, wanted))
+
+
+def _iter_rows(handle: h5py.File, rows: np.ndarray) -> Iterator[np.ndarray]:
+    dataset = handle["errors"]
+    for row in rows:
+        try:
+            yield dataset[int(row)]
+        except OSError as exc:
+            raise LTAUFileError(f"{handle.filename}: epoch row {row} is corrupted ({exc})") from exc
+
+
+def _add_row(accumulator: HistogramAccumulator, row: np.ndarray) -> None:
+    recorded = ~np.isnan(row)
+    if recorded.all():
+        accumulator.add(np.arange(row.size), row)
+    elif recorded.any():
+        ids = np.flatnonzero(recorded)
+        accumulator.add(ids, row[ids])
+
+
+def _distributions_from_log(
+    handle: h5py.File,
+    bins: Bins | None,
+    n_bins: int,
+    spacing: Spacing,
+    members: Sequence[int] | None,
+    progress: bool,
+) -> ErrorDistributions:
+    n_complete = int(handle.attrs["n_complete"])
+    rows = _select_rows(handle, members)
+    if rows.size == 0:
+        raise LTAUInputError(f"{handle.filename} holds no completed epoch for these members")
+    if bins is None:
+        low = np.nanmin(handle["row_min_positive"][:n_complete][rows]) if spacing == "log" else 0.0
+        high = float(np.nanmax(handle["row_max"][:n_complete][rows]))
+        if not np.isfinite(low):
+            raise LTAUInputError("all recorded errors are zero: log-spaced bins cannot span them")
+        bins = Bins.from_range(float(low), high, n_bins, spacing)
+    accumulator = HistogramAccumulator(bins, int(handle.attrs["n_samples"]))
+    rows_iter = _iter_rows(handle, rows)
+    if progress:
+        rows_iter = tqdm(rows_iter, total=rows.size, desc="building distributions", unit="epoch")
+    for row in rows_iter:
+        _add_row(accumulator, row)
+    return accumulator.distributions()

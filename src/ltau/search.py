@@ -1,0 +1,139 @@
+"""Nearest-neighbour search over training descriptors, with FAISS, behind one small interface.
+
+Index kinds and their parameters (every one is applied; unknown names are an error):
+
+* ``exact``: brute-force L2 (``faiss.IndexFlatL2``). No parameters.
+* ``hnsw``: graph search (``faiss.IndexHNSWFlat``). ``M`` (links per node, 32),
+  ``ef_construction`` (200), ``ef_search`` (64; must be >= k for good recall).
+* ``ivfpq``: inverted file with product quantisation (``faiss.IndexIVFPQ`` over a flat coarse
+  quantiser). ``nlist`` (cells, 256), ``m`` (sub-quantisers; must divide the descriptor size,
+  8), ``nbits`` (bits per code, 8), ``nprobe`` (cells visited per query, 16).
+
+Distances returned are Euclidean (the square root of FAISS's squared L2). An approximate index
+may find fewer than k neighbours for a query; those slots have index -1 and distance inf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+
+from ltau._validation import as_float_matrix, positive_int
+from ltau.exceptions import LTAUInputError
+
+INDEX_DEFAULTS: dict[str, dict[str, int]] = {
+    "exact": {},
+    "hnsw": {"M": 32, "ef_construction": 200, "ef_search": 64},
+    "ivfpq": {"nlist": 256, "m": 8, "nbits": 8, "nprobe": 16},
+}
+
+
+@dataclass
+class NeighborIndex:
+    """A FAISS index over ``(n_items, dim)`` float32 descriptors."""
+
+    kind: str = "exact"
+    params: dict[str, int] = field(default_factory=dict)
+    _index: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in INDEX_DEFAULTS:
+            raise LTAUInputError(
+                f"unknown index type {self.kind!r}; choose one of {sorted(INDEX_DEFAULTS)}"
+            )
+        defaults = INDEX_DEFAULTS[self.kind]
+        unknown = set(self.params) - set(defaults)
+        if unknown:
+            raise LTAUInputError(
+                f"unknown parameters {sorted(unknown)} for a {self.kind!r} index; "
+                f"it takes {sorted(defaults) or 'none'}"
+            )
+        self.params = {
+            name: positive_int(self.params.get(name, default), f"{self.kind} parameter {name}")
+            for name, default in defaults.items()
+        }
+
+    @property
+    def dim(self) -> int:
+        self._require_built()
+        return int(self._index.d)
+
+    @property
+    def n_items(self) -> int:
+        self._require_built()
+        return int(self._index.ntotal)
+
+    def build(self, descriptors: np.ndarray) -> NeighborIndex:
+        """Index ``descriptors`` (shape ``(n_items, dim)``); returns ``self``."""
+        data = as_float_matrix(descriptors, "descriptors")
+        n_items, dim = data.shape
+        if self.kind == "exact":
+            index = faiss.IndexFlatL2(dim)
+        elif self.kind == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, self.params["M"])
+            index.hnsw.efConstruction = self.params["ef_construction"]
+        else:
+            nlist, m, nbits = self.params["nlist"], self.params["m"], self.params["nbits"]
+            if dim % m:
+                raise LTAUInputError(f"ivfpq: m={m} must divide the descriptor size {dim}")
+            if n_items < max(nlist, 2**nbits):
+                raise LTAUInputError(
+                    f"ivfpq: {n_items} descriptors are too few to train nlist={nlist} cells and "
+                    f"{2**nbits}-entry codebooks; use fewer cells/bits or the exact index"
+                )
+            index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, nlist, m, nbits)
+            index.train(data)
+        index.add(data)
+        self._index = index
+        self._apply_search_params()
+        return self
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest items of each query.
+
+        Returns ``(distances, indices)``, both ``(n_queries, k)``: Euclidean distances (float32,
+        ascending) and item indices (int64; -1 where an approximate index found fewer than k).
+        """
+        self._require_built()
+        k = positive_int(k, "k")
+        if k > self.n_items:
+            raise LTAUInputError(f"k={k} neighbours requested but only {self.n_items} are indexed")
+        data = as_float_matrix(queries, "query descriptors")
+        if data.shape[1] != self.dim:
+            raise LTAUInputError(
+                f"query descriptors have {data.shape[1]} features; the index was built on {self.dim}"
+            )
+        squared, indices = self._index.search(data, k)
+        missing = indices < 0
+        distances = np.sqrt(np.maximum(squared, 0.0))
+        distances[missing] = np.inf
+        return distances, indices
+
+    def serialize(self) -> np.ndarray:
+        """The index as a uint8 array (FAISS's own serialisation, no pickle)."""
+        self._require_built()
+        return faiss.serialize_index(self._index)
+
+    @classmethod
+    def deserialize(cls, kind: str, params: dict[str, int], data: np.ndarray) -> NeighborIndex:
+        """Rebuild an index written by :meth:`serialize`, re-applying the search parameters."""
+        neighbor_index = cls(kind, dict(params))
+        try:
+            neighbor_index._index = faiss.deserialize_index(np.ascontiguousarray(data, np.uint8))
+        except RuntimeError as exc:
+            raise LTAUInputError(f"the stored {kind} index could not be read: {exc}") from exc
+        neighbor_index._apply_search_params()
+        return neighbor_index
+
+    def _apply_search_params(self) -> None:
+        if self.kind == "hnsw":
+            self._index.hnsw.efSearch = self.params["ef_search"]
+        elif self.kind == "ivfpq":
+            self._index.nprobe = self.params["nprobe"]
+
+    def _require_built(self) -> None:
+        if self._index is None:
+            raise LTAUInputError("the index has not been built; call build(descriptors) first")

@@ -1,0 +1,305 @@
+"""The ``ltau`` command line: the whole flow, output formats, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from ltau import Bins, ErrorDistributions, ErrorRecorder, LTAUEstimator
+from ltau.cli import main
+from ltau.distributions import load_distributions, save_distributions
+
+
+@pytest.fixture
+def recorded(tmp_path):
+    """A small recorded log and matching training / query descriptors."""
+    rng = np.random.default_rng(3)
+    n_samples, dim = 300, 8
+    descriptors = rng.normal(size=(n_samples, dim)).astype(np.float32)
+    scale = np.exp(descriptors[:, 0])
+    with ErrorRecorder(n_samples, log_path=tmp_path / "log.h5") as recorder:
+        for member in (0, 1):
+            for _ in range(15):
+                recorder.record_epoch(np.abs(rng.normal(size=n_samples)) * scale, member=member)
+    np.save(tmp_path / "train.npy", descriptors)
+    np.save(tmp_path / "query.npy", rng.normal(size=(40, dim)).astype(np.float32))
+    return tmp_path
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_full_flow_matches_python_api(recorded, capsys):
+    d = recorded
+    assert run(capsys, "distributions", d / "log.h5", "-o", d / "dist.h5", "--bins", 40)[0] == 0
+    code, out, _ = run(
+        capsys,
+        *("fit", "--descriptors", d / "train.npy", "--distributions", d / "dist.h5"),
+        *("-o", d / "est.h5", "-k", 7, "--metadata", "unit=eV/A"),
+    )
+    assert code == 0 and "est.h5" in out
+    code, _, _ = run(
+        capsys,
+        *("predict", d / "est.h5", "--descriptors", d / "query.npy", "-o", d / "out.csv"),
+        *("--atol", 0.5, 1.0, "--quantiles", 0.5, "--confidence", 0.9),
+    )
+    assert code == 0
+    with open(d / "out.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 40
+    assert set(rows[0]) == {
+        "expected_error",
+        "ood_score",
+        "p_exceed_0.5",
+        "p_exceed_1",
+        "quantile_0.5",
+        "interval_0.9_lower",
+        "interval_0.9_upper",
+    }
+
+    distributions = load_distributions(d / "dist.h5")
+    assert distributions.bins.n_bins == 40
+    assert distributions.n_observations.tolist() == [30] * 300  # both members pooled
+    expected = (
+        LTAUEstimator(7)
+        .fit(np.load(d / "train.npy"), distributions)
+        .predict(np.load(d / "query.npy"), atol=[0.5, 1.0])
+    )
+    np.testing.assert_allclose([float(r["expected_error"]) for r in rows], expected.expected_error)
+    np.testing.assert_allclose([float(r["p_exceed_1"]) for r in rows], expected.exceedance[:, 1])
+
+    code, out, _ = run(capsys, "describe", d / "est.h5")
+    summary = json.loads(out)
+    assert summary["format"] == "ltau-estimator"
+    assert summary["settings"]["n_neighbors"] == 7
+    assert summary["metadata"] == {"unit": "eV/A"}
+    assert summary["descriptor_dim"] == 8
+
+
+def test_npy_and_npz_outputs(recorded, capsys):
+    d = recorded
+    run(capsys, "distributions", d / "log.h5", "-o", d / "dist.h5", "--members", 1)
+    assert load_distributions(d / "dist.h5").n_observations.max() == 15
+    run(
+        capsys,
+        "fit",
+        "--descriptors",
+        d / "train.npy",
+        "--distributions",
+        d / "dist.h5",
+        "-o",
+        d / "e.h5",
+    )
+    query = ("predict", d / "e.h5", "--descriptors", d / "query.npy")
+    assert run(capsys, *query, "-o", d / "p.npy", "--atol", 0.3)[0] == 0
+    table = np.load(d / "p.npy", allow_pickle=False)
+    assert table.dtype.names == ("expected_error", "ood_score", "p_exceed_0.3")
+    assert run(capsys, *query, "-o", d / "p.npz", "--pdf")[0] == 0
+    with np.load(d / "p.npz", allow_pickle=False) as archive:
+        pdf, edges = archive["pdf"], archive["bin_edges"]
+    np.testing.assert_allclose((pdf * np.diff(edges)).sum(axis=1), 1.0)
+
+
+def test_describe_log_and_distributions(recorded, capsys):
+    d = recorded
+    summary = json.loads(run(capsys, "describe", d / "log.h5")[1])
+    assert summary["n_epochs"] == 30 and summary["epochs_by_member"] == {"0": 15, "1": 15}
+    distributions = ErrorDistributions.from_errors(np.ones((5, 3)), Bins.linear(0, 2, 4))
+    save_distributions(distributions, d / "dist.h5")
+    summary = json.loads(run(capsys, "describe", d / "dist.h5")[1])
+    assert summary["format"] == "ltau-distributions" and summary["n_samples"] == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("describe", "{d}/missing.h5"), "does not exist"),
+        (("describe", "{d}/train.npy"), "not a readable ltau file"),
+        (("distributions", "{d}/train.npy", "-o", "{d}/x.h5"), "not a readable ltau-error-log"),
+        (("distributions", "{d}/log.h5", "-o", "{d}/x.h5", "--members", "7"), "members \\[7\\]"),
+        (("distributions", "{d}/log.h5", "-o", "{d}/nodir/x.h5"), "does not exist"),
+        (
+            ("distributions", "{d}/log.h5", "-o", "{d}/x.h5", "--range", "1", "0.5"),
+            "invalid error range",
+        ),
+        (
+            (
+                "fit",
+                "--descriptors",
+                "{d}/query.npy",
+                "--distributions",
+                "{d}/dist.h5",
+                "-o",
+                "{d}/e.h5",
+            ),
+            "40 descriptor rows but 300",
+        ),
+        (
+            (
+                "fit",
+                "--descriptors",
+                "{d}/train.npy",
+                "--distributions",
+                "{d}/log.h5",
+                "-o",
+                "{d}/e.h5",
+            ),
+            "expected an ltau-distributions",
+        ),
+        (
+            (
+                "fit",
+                "--descriptors",
+                "{d}/train.npy",
+                "--distributions",
+                "{d}/dist.h5",
+                "-o",
+                "{d}/e.h5",
+                "-k",
+                "301",
+            ),
+            "exceeds the 300",
+        ),
+        (
+            (
+                "fit",
+                "--descriptors",
+                "{d}/train.npy",
+                "--distributions",
+                "{d}/dist.h5",
+                "-o",
+                "{d}/e.h5",
+                "--index-param",
+                "M=4",
+            ),
+            "unknown parameters",
+        ),
+        (
+            (
+                "fit",
+                "--descriptors",
+                "{d}/train.npy",
+                "--distributions",
+                "{d}/dist.h5",
+                "-o",
+                "{d}/e.h5",
+                "--index",
+                "hnsw",
+                "--index-param",
+                "M=x",
+            ),
+            "must be an integer",
+        ),
+        (
+            (
+                "fit",
+                "--descriptors",
+                "{d}/bad.npy",
+                "--distributions",
+                "{d}/dist.h5",
+                "-o",
+                "{d}/e.h5",
+            ),
+            "not a readable .npy",
+        ),
+        (
+            (
+                "fit",
+                "--descriptors",
+                "{d}/nan.npy",
+                "--distributions",
+                "{d}/dist.h5",
+                "-o",
+                "{d}/e.h5",
+            ),
+            "contains nan",
+        ),
+        (
+            ("predict", "{d}/est.h5", "--descriptors", "{d}/wide.npy", "-o", "{d}/p.csv"),
+            "9 features; the estimator was fitted on 8",
+        ),
+        (
+            ("predict", "{d}/est.h5", "--descriptors", "{d}/query.npy", "-o", "{d}/p.txt"),
+            "must end in .csv",
+        ),
+        (
+            ("predict", "{d}/est.h5", "--descriptors", "{d}/query.npy", "-o", "{d}/p.csv", "--pdf"),
+            "needs an .npz",
+        ),
+        (
+            (
+                "predict",
+                "{d}/est.h5",
+                "--descriptors",
+                "{d}/query.npy",
+                "-o",
+                "{d}/p.csv",
+                "--atol",
+                "-1",
+            ),
+            "atol must be",
+        ),
+        (
+            (
+                "predict",
+                "{d}/est.h5",
+                "--descriptors",
+                "{d}/query.npy",
+                "-o",
+                "{d}/p.csv",
+                "--quantiles",
+                "1.5",
+            ),
+            "must lie in \\[0, 1\\]",
+        ),
+        (
+            ("predict", "{d}/dist.h5", "--descriptors", "{d}/query.npy", "-o", "{d}/p.csv"),
+            "expected an ltau-estimator",
+        ),
+    ],
+)
+def test_bad_input_is_named_and_writes_nothing(recorded, capsys, args, message):
+    d = recorded
+    (d / "bad.npy").write_bytes(b"not an npy file")
+    np.save(d / "nan.npy", np.full((300, 8), np.nan))
+    np.save(d / "wide.npy", np.zeros((4, 9)))
+    run(capsys, "distributions", d / "log.h5", "-o", d / "dist.h5")
+    run(
+        capsys,
+        "fit",
+        "--descriptors",
+        d / "train.npy",
+        "--distributions",
+        d / "dist.h5",
+        "-o",
+        d / "est.h5",
+    )
+    before = sorted(p.name for p in d.iterdir())
+    code, _, err = run(capsys, *(a.format(d=d) for a in args))
+    assert code == 2
+    assert f"ltau {args[0]}: error:" in err
+    assert __import__("re").search(message, err), err
+    assert sorted(p.name for p in d.iterdir()) == before  # nothing new, no temporary left
+
+
+def test_foreign_hdf5_is_refused(tmp_path, capsys):
+    with h5py.File(tmp_path / "foreign.h5", "w") as handle:
+        handle["x"] = np.arange(3)
+    code, _, err = run(capsys, "describe", tmp_path / "foreign.h5")
+    assert code == 2 and "not written by ltau" in err
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("distributions", "fit", "predict", "describe", "demo"):
+        assert command in out

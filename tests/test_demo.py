@@ -1,0 +1,34 @@
+"""The built-in demo runs end to end and writes its report (a few epochs only)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+from ltau import LTAUEstimator  # noqa: E402
+from ltau.cli import main  # noqa: E402
+
+
+@pytest.mark.parametrize("dataset", ["friedman", "diabetes"])
+def test_demo_writes_report(tmp_path, dataset):
+    assert main(["demo", "--dataset", dataset, "--epochs", "4", "--output-dir", str(tmp_path)]) == 0
+    for name in ("report.html", "metrics.json", "predicted_vs_true.png", "ood_scores.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["n_epochs_recorded"] == 4
+    for split in ("test", "shifted"):
+        assert -1 <= report[split]["spearman_expected_vs_true_error"] <= 1
+        assert 0 <= report[split]["coverage_0.9_interval_uncalibrated"] <= 1
+    assert 0 <= report["auroc_ood_score_shifted_vs_test"] <= 1
+    estimator = LTAUEstimator.load(tmp_path / "estimator.h5")
+    assert estimator.n_neighbors == report["k_chosen_on_validation"]
+    assert estimator.distributions_.n_samples == report["n_train"]
+
+
+def test_demo_rejects_bad_epochs(tmp_path, capsys):
+    assert main(["demo", "--epochs", "0", "--output-dir", str(tmp_path)]) == 2
+    assert "epochs must be a positive integer" in capsys.readouterr().err
