@@ -57,6 +57,12 @@ class Bins:
             raise LTAUInputError("log-spaced bins need a positive lower edge")
         edges.setflags(write=False)
         object.__setattr__(self, "edges", edges)
+        # For float32 values v and any float64 edge e: v < e  <=>  v < ceil32(e), the smallest
+        # float32 >= e. These rounded-up edges let assign() compare exactly in float32.
+        edges32 = edges.astype(np.float32)
+        below = edges32.astype(np.float64) < edges
+        edges32[below] = np.nextafter(edges32[below], np.float32(np.inf))
+        object.__setattr__(self, "_edges32", edges32)
 
     @classmethod
     def log(cls, low: float, high: float, n_bins: int = 100) -> Bins:
@@ -114,26 +120,44 @@ class Bins:
         many values lay below the first edge or above the last one.
         """
         values = np.asarray(values)
-        n_below = int(np.count_nonzero(values < self.edges[0]))
-        n_above = int(np.count_nonzero(values > self.edges[-1]))
+        edges = self._edges32 if values.dtype == np.float32 else self.edges
+        if values.dtype != np.float32:
+            values = values.astype(np.float64)
+        n_below = int(np.count_nonzero(values < edges[0]))
+        n_above = values.size - int(np.count_nonzero(values <= self.edges[-1]))
         if self.spacing == "custom":
             index = np.searchsorted(self.edges, values, side="right") - 1
             return np.clip(index, 0, self.n_bins - 1), n_below, n_above
-        # Uniform spacing in log or linear coordinates: a direct formula, then an exact fix-up
-        # for values that rounding put one bin off.
+        # Uniform spacing in log or linear coordinates: a direct formula in float32, then an
+        # exact check against the edges for the few values whose coordinate lies within the
+        # float32 rounding error of a bin boundary.
         low, high = self.edges[0], self.edges[-1]
         if self.spacing == "log":
-            with np.errstate(divide="ignore"):
-                coordinate = np.log(np.maximum(values, 0.0, dtype=np.float64) / low)
-            step = np.log(high / low) / self.n_bins
+            offset, step = np.log(low), np.log(high / low) / self.n_bins
+            magnitude = max(abs(np.log(low)), abs(np.log(high)))
         else:
-            coordinate = values.astype(np.float64) - low
-            step = (high - low) / self.n_bins
-        raw = np.floor(coordinate / step)
-        index = np.clip(raw, 0, self.n_bins - 1, out=raw).astype(np.int64)
-        index -= values < self.edges[index]
-        index += values >= self.edges[index + 1]
-        return np.clip(index, 0, self.n_bins - 1, out=index), n_below, n_above
+            offset, step = low, (high - low) / self.n_bins
+            magnitude = high
+        tolerance = 16 * np.finfo(np.float32).eps * (magnitude + abs(offset)) / step
+        coordinate = np.array(values, dtype=np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):  # log(0) = -inf: first bin
+            if self.spacing == "log":
+                np.log(coordinate, out=coordinate)
+            coordinate -= np.float32(offset)
+            coordinate *= np.float32(1.0 / step)
+            distance = np.rint(coordinate)
+            np.subtract(coordinate, distance, out=distance)
+            np.abs(distance, out=distance)
+            near_boundary = np.flatnonzero(distance < tolerance) if tolerance < 0.25 else None
+        np.floor(coordinate, out=coordinate)
+        np.clip(coordinate, 0, self.n_bins - 1, out=coordinate)
+        index = coordinate.astype(np.intp)
+        check = slice(None) if near_boundary is None else near_boundary
+        suspects, suspect_values = index[check], values[check]
+        suspects -= suspect_values < edges[suspects]
+        suspects += suspect_values >= edges[suspects + 1]
+        index[check] = np.clip(suspects, 0, self.n_bins - 1)
+        return index, n_below, n_above
 
     def tail_fraction(self, thresholds: np.ndarray) -> np.ndarray:
         """Fraction of each bin above each threshold, shape ``(n_bins, n_thresholds)``.
@@ -252,10 +276,10 @@ class ErrorDistributions:
             )
         if bins is None:
             bins = bins_for_errors(errors, n_bins, spacing)
+        as_error_vector(errors.reshape(-1))
         accumulator = HistogramAccumulator(bins, errors.shape[0])
-        ids = np.arange(errors.shape[0])
         for column in range(errors.shape[1]):
-            accumulator.add(ids, errors[:, column])
+            accumulator.add_checked(None, np.ascontiguousarray(errors[:, column]))
         return accumulator.distributions()
 
     @property
@@ -322,17 +346,31 @@ class HistogramAccumulator:
     number of epochs.
 
     Counts are stored as uint16 and promoted to uint32 only if a sample could exceed 65535
-    observations.
+    observations. Bin indices of whole epochs are buffered (``PENDING_EPOCHS`` at a time, one
+    byte per sample) and added block of rows by block of rows, so that the scattered increments
+    hit a block of counts that stays in cache instead of the whole array once per epoch.
     """
+
+    PENDING_EPOCHS = 16
+    ROWS_PER_BLOCK = 4096
 
     def __init__(self, bins: Bins, n_samples: int) -> None:
         self.bins = bins
         self.n_samples = positive_int(n_samples, "n_samples")
-        self.counts = np.zeros((self.n_samples, bins.n_bins), dtype=np.uint16)
+        self._counts = np.zeros((self.n_samples, bins.n_bins), dtype=np.uint16)
         self._max_observations = 0
-        self._row_offsets = np.arange(self.n_samples, dtype=np.int64) * bins.n_bins
+        index_type = np.uint8 if bins.n_bins <= 256 else np.uint16
+        self._pending = np.empty((0, self.n_samples), dtype=index_type)
+        self._n_pending = 0
+        self._block_offsets = np.arange(self.ROWS_PER_BLOCK, dtype=np.intp) * bins.n_bins
         self.n_below = 0
         self.n_above = 0
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Counts so far, ``(n_samples, n_bins)`` (the live array: copy it to keep it)."""
+        self._flush()
+        return self._counts
 
     def add(self, ids: np.ndarray, errors: np.ndarray) -> None:
         """Add one observation for each of ``ids`` (unique sample ids, shape ``(m,)``)."""
@@ -340,15 +378,46 @@ class HistogramAccumulator:
         ids = as_index_vector(ids, self.n_samples)
         if ids.shape != errors.shape:
             raise LTAUInputError(f"{ids.size} ids but {errors.size} errors")
-        if self._max_observations + 1 > np.iinfo(self.counts.dtype).max:
-            self.counts = self.counts.astype(np.uint32)
+        if np.unique(ids).size != ids.size:
+            raise LTAUInputError("ids must be unique within one call to add()")
+        self.add_checked(ids, errors)
+
+    def add_checked(self, ids: np.ndarray | None, errors: np.ndarray) -> None:
+        """:meth:`add` for input already validated (unique in-range ids, finite errors >= 0).
+
+        ``ids=None`` means every sample, in id order (such epochs are buffered).
+        """
+        if self._max_observations + 1 > np.iinfo(self._counts.dtype).max:
+            self._flush()
+            self._counts = self._counts.astype(np.uint32)
         index, n_below, n_above = self.bins.assign(errors)
-        flat = self.counts.reshape(-1)
-        # ids are unique within one call, so a plain fancy-index increment is exact.
-        flat[self._row_offsets[ids] + index] += 1
         self._max_observations += 1
         self.n_below += n_below
         self.n_above += n_above
+        if ids is None:
+            if self._pending.shape[0] == 0:
+                self._pending = np.empty((self.PENDING_EPOCHS, self.n_samples), self._pending.dtype)
+            self._pending[self._n_pending] = index
+            self._n_pending += 1
+            if self._n_pending == self.PENDING_EPOCHS:
+                self._flush()
+        else:
+            # ids are unique, so a plain fancy-index increment is exact (no np.add.at needed).
+            index += ids * self.bins.n_bins
+            self._counts.reshape(-1)[index] += 1
+
+    def _flush(self) -> None:
+        """Add the buffered epochs to the counts, one cache-sized block of rows at a time."""
+        if self._n_pending == 0:
+            return
+        pending = self._pending[: self._n_pending]
+        for start in range(0, self.n_samples, self.ROWS_PER_BLOCK):
+            stop = min(start + self.ROWS_PER_BLOCK, self.n_samples)
+            block = self._counts[start:stop].reshape(-1)
+            offsets = self._block_offsets[: stop - start]
+            for epoch_indices in pending[:, start:stop]:
+                block[offsets + epoch_indices] += 1
+        self._n_pending = 0
 
     def distributions(self) -> ErrorDistributions:
         """The accumulated histograms (shares the counts array; copy it to keep recording)."""

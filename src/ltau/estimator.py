@@ -41,6 +41,19 @@ _MIXTURE_FLOATS = 1 << 22
 """Largest ``queries x k x n_bins`` block gathered at once when forming mixtures (32 MB)."""
 
 
+_PER_QUERY_FIELDS = (
+    "expected_error",
+    "ood_score",
+    "neighbor_indices",
+    "neighbor_distances",
+    "exceedance",
+    "quantiles",
+    "interval_lower",
+    "interval_upper",
+    "pdf",
+)
+
+
 @dataclass
 class LTAUPrediction:
     """Predicted error statistics for ``n`` queries (errors in the unit of the training errors).
@@ -66,6 +79,24 @@ class LTAUPrediction:
     interval_upper: np.ndarray | None = None
     pdf: np.ndarray | None = None
     bins: Bins | None = None
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[LTAUPrediction]) -> LTAUPrediction:
+        """Join predictions of consecutive query batches (same options) into one."""
+        if not parts:
+            raise LTAUInputError("no predictions to concatenate")
+        first = parts[0]
+        joined = {}
+        for name in _PER_QUERY_FIELDS:
+            values = [getattr(part, name) for part in parts]
+            joined[name] = None if values[0] is None else np.concatenate(values)
+        return cls(
+            **joined,
+            atol=first.atol,
+            quantile_levels=first.quantile_levels,
+            confidence=first.confidence,
+            bins=first.bins,
+        )
 
     def columns(self) -> dict[str, np.ndarray]:
         """Per-query scalar results as named 1-D columns (for CSV or a structured array)."""
@@ -202,63 +233,97 @@ class LTAUEstimator:
                 f"query descriptors have {data.shape[1]} features; the estimator was fitted on "
                 f"{neighbor_index.dim}"
             )
-        atol_values = _tolerances(atol)
-        levels = as_probabilities(quantiles, "quantiles") if quantiles is not None else None
-        if confidence is not None:
-            confidence = float(as_probabilities(confidence, "confidence")[0])
-        needs_mixture = levels is not None or confidence is not None or return_pdf
-        per_atol = [self._sample_exceedance(value) for value in atol_values]
-
-        parts: dict[str, list[np.ndarray]] = {}
+        options = {
+            "atol": atol,
+            "quantiles": quantiles,
+            "confidence": confidence,
+            "return_pdf": return_pdf,
+        }
+        self._check_prediction_options(**options)
         starts = range(0, data.shape[0], self.batch_size)
         if progress:
             starts = tqdm(starts, desc="predicting", unit="batch")
+        parts = []
         for start in starts:
-            batch = data[start : start + self.batch_size]
-            distances, indices = neighbor_index.search(batch, self.n_neighbors)
-            weights = self.neighbor_weights(distances)
-            safe = np.maximum(indices, 0)
-            found = np.isfinite(distances)
-            results = {
-                "distances": distances,
-                "indices": indices,
-                "expected": np.sum(weights * self.sample_expected_error_[safe], axis=1),
-                "ood": np.sum(np.where(found, distances, 0.0), axis=1) / found.sum(axis=1),
-            }
-            if per_atol:
-                results["exceed"] = np.stack(
-                    [np.sum(weights * values[safe], axis=1) for values in per_atol], axis=1
-                )
-            if needs_mixture:
-                mixture = self._mixture(weights, safe)
-                if levels is not None:
-                    results["quantiles"] = mixture_quantiles(mixture, self.bins, levels)
-                if confidence is not None:
-                    lower, upper = central_interval(mixture, self.bins, confidence)
-                    results["lower"], results["upper"] = lower, upper
-                if return_pdf:
-                    results["pdf"] = mixture / self.bins.widths
-            for name, value in results.items():
-                parts.setdefault(name, []).append(value)
+            distances, indices = neighbor_index.search(
+                data[start : start + self.batch_size], self.n_neighbors
+            )
+            parts.append(self.predict_from_neighbors(distances, indices, **options))
+        return LTAUPrediction.concatenate(parts)
 
-        def joined(name: str) -> np.ndarray | None:
-            return np.concatenate(parts[name]) if name in parts else None
+    def predict_from_neighbors(
+        self,
+        distances: np.ndarray,
+        indices: np.ndarray,
+        *,
+        atol: float | Sequence[float] | None = None,
+        quantiles: float | Sequence[float] | None = None,
+        confidence: float | None = None,
+        return_pdf: bool = False,
+    ) -> LTAUPrediction:
+        """The aggregation step of :meth:`predict`, given the neighbours already found.
 
-        return LTAUPrediction(
-            expected_error=joined("expected"),
-            ood_score=joined("ood"),
-            neighbor_indices=joined("indices"),
-            neighbor_distances=joined("distances"),
-            atol=tuple(float(v) for v in atol_values),
-            exceedance=joined("exceed"),
-            quantile_levels=tuple(float(v) for v in levels) if levels is not None else (),
-            quantiles=joined("quantiles"),
+        ``distances`` (Euclidean, inf where missing) and ``indices`` (-1 where missing) have
+        shape ``(n, k)``, as returned by :meth:`kneighbors`.
+        """
+        self._fitted_index()
+        atol_values, levels, confidence = self._check_prediction_options(
+            atol, quantiles, confidence, return_pdf
+        )
+        distances = np.asarray(distances)
+        indices = np.asarray(indices)
+        if distances.ndim != 2 or distances.shape != indices.shape:
+            raise LTAUInputError(
+                f"distances {distances.shape} and indices {indices.shape} must both be (n, k)"
+            )
+        weights = self.neighbor_weights(distances)
+        safe = np.maximum(indices, 0)
+        found = np.isfinite(distances)
+        prediction = LTAUPrediction(
+            expected_error=np.sum(weights * self.sample_expected_error_[safe], axis=1),
+            ood_score=np.sum(np.where(found, distances, 0.0), axis=1) / found.sum(axis=1),
+            neighbor_indices=indices,
+            neighbor_distances=distances,
+            atol=tuple(float(value) for value in atol_values),
+            quantile_levels=tuple(float(value) for value in levels),
             confidence=confidence,
-            interval_lower=joined("lower"),
-            interval_upper=joined("upper"),
-            pdf=joined("pdf"),
             bins=self.bins,
         )
+        if atol_values.size:
+            prediction.exceedance = np.stack(
+                [
+                    np.sum(weights * self._sample_exceedance(value)[safe], axis=1)
+                    for value in atol_values
+                ],
+                axis=1,
+            )
+        if levels.size or confidence is not None or return_pdf:
+            mixture = self._mixture(weights, safe)
+            if levels.size:
+                prediction.quantiles = mixture_quantiles(mixture, self.bins, levels)
+            if confidence is not None:
+                prediction.interval_lower, prediction.interval_upper = central_interval(
+                    mixture, self.bins, confidence
+                )
+            if return_pdf:
+                prediction.pdf = mixture / self.bins.widths
+        return prediction
+
+    @staticmethod
+    def _check_prediction_options(
+        atol: float | Sequence[float] | None,
+        quantiles: float | Sequence[float] | None,
+        confidence: float | None,
+        return_pdf: bool,
+    ) -> tuple[np.ndarray, np.ndarray, float | None]:
+        """Validated ``(atol values, quantile levels, confidence)``."""
+        atol_values = _tolerances(atol)
+        levels = as_probabilities(quantiles, "quantiles") if quantiles is not None else np.empty(0)
+        if confidence is not None:
+            confidence = float(as_probabilities(confidence, "confidence")[0])
+        if not isinstance(return_pdf, bool):
+            raise LTAUInputError(f"return_pdf must be True or False; got {return_pdf!r}")
+        return atol_values, levels, confidence
 
     def _mixture(self, weights: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """Weighted mean of the neighbours' masses, ``(n, n_bins)``, in bounded blocks."""

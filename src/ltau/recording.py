@@ -139,14 +139,17 @@ class ErrorRecorder:
         errors_array = as_error_vector(errors)
         if ids_array.shape != errors_array.shape:
             raise LTAUInputError(f"{ids_array.size} ids but {errors_array.size} errors")
-        if self._seen[ids_array].any() or np.unique(ids_array).size != ids_array.size:
-            repeated = ids_array[self._seen[ids_array]]
-            example = repeated[0] if repeated.size else ids_array[np.argmax(np.bincount(ids_array))]
+        n_seen_before = int(np.count_nonzero(self._seen))
+        already = self._seen[ids_array]
+        self._seen[ids_array] = True
+        if already.any() or np.count_nonzero(self._seen) - n_seen_before != ids_array.size:
+            # Undo this call's marks so the epoch stays as it was before the bad call.
+            self._seen[ids_array[~already]] = False
+            repeated = ids_array[already][0] if already.any() else _first_repeat(ids_array)
             raise LTAUInputError(
-                f"sample {example} was recorded twice in one epoch; call end_epoch() between epochs"
+                f"sample {repeated} was recorded twice in one epoch; call end_epoch() between epochs"
             )
         self._buffer[ids_array] = errors_array
-        self._seen[ids_array] = True
 
     def end_epoch(self, member: int = 0, *, allow_missing: bool = False) -> int:
         """Close the current epoch of model ``member``; return its epoch number for that model.
@@ -154,9 +157,8 @@ class ErrorRecorder:
         Every sample must have been recorded unless ``allow_missing`` (then missing samples are
         stored as NaN in the log and left out of the histograms).
         """
-        if isinstance(member, bool) or not isinstance(member, (int, np.integer)) or member < 0:
-            raise LTAUInputError(f"member must be a non-negative integer; got {member!r}")
-        n_seen = int(self._seen.sum())
+        member = _check_member(member)
+        n_seen = int(np.count_nonzero(self._seen))
         if n_seen == 0:
             raise LTAUInputError("no errors were recorded in this epoch")
         if n_seen < self.n_samples and not allow_missing:
@@ -165,29 +167,43 @@ class ErrorRecorder:
                 f"{missing.size} of {self.n_samples} samples were not recorded this epoch "
                 f"(first ids: {missing[:5].tolist()}); pass allow_missing=True to accept that"
             )
-        if self._accumulator is not None:
-            ids = (
-                np.flatnonzero(self._seen) if n_seen < self.n_samples else np.arange(self.n_samples)
-            )
-            self._accumulator.add(ids, self._buffer[ids])
-        if self._log is not None:
-            _append_row(self._log, self._buffer, int(member))
-        epoch = self._epochs_by_member.get(int(member), 0)
-        self._epochs_by_member[int(member)] = epoch + 1
+        recorded = np.flatnonzero(self._seen) if n_seen < self.n_samples else None
+        epoch = self._commit(self._buffer, recorded, member)
         self._buffer.fill(np.nan)
         self._seen.fill(False)
         return epoch
 
     def record_epoch(self, errors: Sequence[float] | np.ndarray, member: int = 0) -> int:
-        """Record a whole epoch at once: ``errors`` has one entry per sample, in id order."""
+        """Record a whole epoch at once: ``errors`` has one entry per sample, in id order.
+
+        Returns the epoch number for model ``member``. Cannot be mixed with :meth:`record`
+        calls of the same epoch.
+        """
+        member = _check_member(member)
         errors_array = as_error_vector(errors)
         if errors_array.size != self.n_samples:
             raise LTAUInputError(
                 f"record_epoch needs {self.n_samples} errors (one per sample); "
                 f"got {errors_array.size}"
             )
-        self.record(np.arange(self.n_samples), errors_array)
-        return self.end_epoch(member)
+        if self._seen.any():
+            raise LTAUInputError(
+                "this epoch already has errors from record(); finish it with end_epoch() first"
+            )
+        return self._commit(errors_array, None, member)
+
+    def _commit(self, errors: np.ndarray, recorded: np.ndarray | None, member: int) -> int:
+        """Add one epoch (``recorded``: ids present, None = all) to histograms and log."""
+        if self._accumulator is not None:
+            if recorded is None:
+                self._accumulator.add_checked(None, errors)
+            else:
+                self._accumulator.add_checked(recorded, errors[recorded])
+        if self._log is not None:
+            _append_row(self._log, errors, member)
+        epoch = self._epochs_by_member.get(member, 0)
+        self._epochs_by_member[member] = epoch + 1
+        return epoch
 
     def distributions(
         self,
@@ -286,6 +302,18 @@ class ErrorLog:
         self.close()
 
 
+def _check_member(member: object) -> int:
+    if isinstance(member, bool) or not isinstance(member, (int, np.integer)) or member < 0:
+        raise LTAUInputError(f"member must be a non-negative integer; got {member!r}")
+    return int(member)
+
+
+def _first_repeat(ids: np.ndarray) -> int:
+    """The first id that occurs more than once in ``ids``."""
+    values, counts = np.unique(ids, return_counts=True)
+    return int(values[np.argmax(counts > 1)])
+
+
 def _create_log(path: Path, n_samples: int) -> None:
     with atomic_h5(path, LOG_FORMAT) as handle:
         handle.attrs["n_samples"] = n_samples
@@ -370,12 +398,13 @@ def _iter_rows(handle: h5py.File, rows: np.ndarray) -> Iterator[np.ndarray]:
 
 
 def _add_row(accumulator: HistogramAccumulator, row: np.ndarray) -> None:
+    """Add one logged epoch (NaN = not recorded) to ``accumulator``."""
     recorded = ~np.isnan(row)
     if recorded.all():
-        accumulator.add(np.arange(row.size), row)
+        accumulator.add_checked(None, as_error_vector(row, "logged errors"))
     elif recorded.any():
         ids = np.flatnonzero(recorded)
-        accumulator.add(ids, row[ids])
+        accumulator.add_checked(ids, as_error_vector(row[ids], "logged errors"))
 
 
 def _distributions_from_log(
