@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from ltau import LTAUEstimator  # noqa: E402
-from ltau.cli import main  # noqa: E402
+from ltau import LTAUEstimator
+from ltau.cli import main
 
 
 @pytest.mark.parametrize("dataset", ["friedman", "diabetes"])

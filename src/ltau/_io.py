@@ -1,15 +1,18 @@
 """HDF5 plumbing shared by every ltau file: atomic writes and checked opening.
 
 Every ltau file is HDF5 with root attributes ``format`` (what it is) and ``format_version``;
-nothing is pickled. Datasets carry Fletcher-32 checksums so that corruption is detected on read.
+nothing is pickled. Arrays and the attributes that matter carry SHA-256 digests, verified on
+read, so that corruption is detected rather than silently changing results.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import h5py
@@ -76,18 +79,21 @@ def open_checked(path: str | os.PathLike, file_format: str, mode: str = "r") -> 
         raise LTAUFileError(f"{source} does not exist")
     try:
         handle = h5py.File(source, mode)
-    except OSError as exc:
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise LTAUFileError(
             f"{source} is not a readable {file_format} file (not HDF5, truncated or corrupted): {exc}"
         ) from exc
     try:
-        found = handle.attrs.get("format")
+        try:
+            found = handle.attrs.get("format")
+            version = int(handle.attrs.get("format_version", -1))
+        except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise LTAUFileError(f"{source}: the file header is corrupted ({exc})") from exc
         if isinstance(found, bytes):
             found = found.decode()
         if found != file_format:
             what = f"a {found!r} file" if found else "not written by ltau"
             raise LTAUFileError(f"{source} is {what}; expected an {file_format} file")
-        version = int(handle.attrs.get("format_version", -1))
         supported = FORMAT_VERSIONS[file_format]
         if not 1 <= version <= supported:
             raise LTAUFileError(
@@ -120,27 +126,72 @@ def file_format(path: str | os.PathLike) -> str:
 
 
 def write_array(group: h5py.Group, name: str, data: np.ndarray) -> None:
-    """Store ``data`` with a checksum (chunked, Fletcher-32, gzip for large arrays)."""
+    """Store ``data`` with its SHA-256 (verified on read; Fletcher-32 alone misses some
+    corruptions) in a chunked dataset, gzip-compressed when large."""
     data = np.ascontiguousarray(data)
-    if data.size == 0:
-        group.create_dataset(name, data=data)
-        return
     compression = "gzip" if data.nbytes > (1 << 20) else None
-    group.create_dataset(
-        name,
-        data=data,
-        fletcher32=True,
-        chunks=True,
-        compression=compression,
-        shuffle=bool(compression),
-    )
+    options = {"chunks": True, "compression": compression, "shuffle": bool(compression)}
+    dataset = group.create_dataset(name, data=data, **(options if data.size else {}))
+    dataset.attrs["sha256"] = _sha256(data)
 
 
 def read_array(group: h5py.Group, name: str, source: str | os.PathLike) -> np.ndarray:
-    """Read a dataset, turning a missing name or a failed checksum into a clear error."""
-    if name not in group:
-        raise LTAUFileError(f"{source} is missing {group.name.rstrip('/')}/{name}")
+    """Read a dataset written by :func:`write_array`; a missing or damaged one is an error."""
+    where = f"{group.name.rstrip('/')}/{name}"
     try:
-        return group[name][()]
-    except OSError as exc:
-        raise LTAUFileError(f"{source}: {group.name}/{name} is corrupted ({exc})") from exc
+        if name not in group:
+            raise LTAUFileError(f"{source} is missing {where}")
+        dataset = group[name]
+        data = dataset[()]
+        stored = dataset.attrs.get("sha256")
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise LTAUFileError(f"{source}: {where} is corrupted ({exc})") from exc
+    if stored is None:
+        raise LTAUFileError(f"{source}: {where} has no checksum")
+    if isinstance(stored, bytes):
+        stored = stored.decode()
+    if _sha256(np.ascontiguousarray(data)) != stored:
+        raise LTAUFileError(f"{source}: {where} is corrupted (checksum mismatch)")
+    return data
+
+
+def sign_attributes(node: h5py.Group, names: Sequence[str]) -> None:
+    """Store a SHA-256 over the attributes ``names`` of ``node`` (see :func:`read_attributes`)."""
+    node.attrs["attributes_sha256"] = _attributes_digest({name: node.attrs[name] for name in names})
+
+
+def read_attributes(
+    node: h5py.Group, names: Sequence[str], source: str | os.PathLike
+) -> dict[str, object]:
+    """The attributes ``names`` of ``node``, checked against :func:`sign_attributes`."""
+    try:
+        values = {name: node.attrs[name] for name in names}
+        stored = node.attrs["attributes_sha256"]
+    except (KeyError, OSError, ValueError, RuntimeError, TypeError) as exc:
+        raise LTAUFileError(
+            f"{source}: attributes of {node.name} are missing or damaged ({exc})"
+        ) from exc
+    if isinstance(stored, bytes):
+        stored = stored.decode()
+    if _attributes_digest(values) != stored:
+        raise LTAUFileError(
+            f"{source}: attributes of {node.name} are corrupted (checksum mismatch)"
+        )
+    return {
+        name: value.decode() if isinstance(value, bytes) else value
+        for name, value in values.items()
+    }
+
+
+def _attributes_digest(values: dict[str, object]) -> str:
+    canonical = {
+        name: value.decode() if isinstance(value, bytes) else np.asarray(value).tolist()
+        for name, value in sorted(values.items())
+    }
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def _sha256(data: np.ndarray) -> str:
+    digest = hashlib.sha256(str(data.dtype.str).encode() + str(data.shape).encode())
+    digest.update(memoryview(data).cast("B") if data.size else b"")
+    return digest.hexdigest()

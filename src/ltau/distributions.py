@@ -19,7 +19,14 @@ from typing import Literal
 import h5py
 import numpy as np
 
-from ltau._io import atomic_h5, open_checked, read_array, write_array
+from ltau._io import (
+    atomic_h5,
+    open_checked,
+    read_array,
+    read_attributes,
+    sign_attributes,
+    write_array,
+)
 from ltau._validation import as_error_vector, as_index_vector, as_probabilities, positive_int
 from ltau.exceptions import LTAUFileError, LTAUInputError
 
@@ -55,6 +62,12 @@ class Bins:
             raise LTAUInputError(f"unknown bin spacing {self.spacing!r}; use 'log' or 'linear'")
         if self.spacing == "log" and edges[0] <= 0:
             raise LTAUInputError("log-spaced bins need a positive lower edge")
+        if self.spacing in ("log", "linear"):
+            coordinate = np.log(edges) if self.spacing == "log" else edges
+            if not np.allclose(np.diff(coordinate), np.diff(coordinate).mean(), rtol=1e-6, atol=0):
+                raise LTAUInputError(
+                    f"these edges are not evenly {self.spacing}-spaced; use spacing='custom'"
+                )
         edges.setflags(write=False)
         object.__setattr__(self, "edges", edges)
         # For float32 values v and any float64 edge e: v < e  <=>  v < ceil32(e), the smallest
@@ -117,7 +130,8 @@ class Bins:
         """Bin index of each value, clipping out-of-range values into the end bins.
 
         Returns ``(indices, n_below, n_above)``: int64 indices of shape ``values.shape`` and how
-        many values lay below the first edge or above the last one.
+        many values lay below the first edge or above the last one. Exact for float32 and
+        float64 values (same result as a binary search of the float64 edges).
         """
         values = np.asarray(values)
         edges = self._edges32 if values.dtype == np.float32 else self.edges
@@ -125,20 +139,21 @@ class Bins:
             values = values.astype(np.float64)
         n_below = int(np.count_nonzero(values < edges[0]))
         n_above = values.size - int(np.count_nonzero(values <= self.edges[-1]))
-        if self.spacing == "custom":
-            index = np.searchsorted(self.edges, values, side="right") - 1
-            return np.clip(index, 0, self.n_bins - 1), n_below, n_above
         # Uniform spacing in log or linear coordinates: a direct formula in float32, then an
         # exact check against the edges for the few values whose coordinate lies within the
-        # float32 rounding error of a bin boundary.
+        # float32 rounding error (of the value and of the log) of a bin boundary. Custom edges,
+        # and bins too narrow for float32, use an exact binary search instead.
         low, high = self.edges[0], self.edges[-1]
+        eps = float(np.finfo(np.float32).eps)
         if self.spacing == "log":
             offset, step = np.log(low), np.log(high / low) / self.n_bins
-            magnitude = max(abs(np.log(low)), abs(np.log(high)))
+            tolerance = 16 * eps * (1 + abs(np.log(low)) + abs(np.log(high))) / step
         else:
             offset, step = low, (high - low) / self.n_bins
-            magnitude = high
-        tolerance = 16 * np.finfo(np.float32).eps * (magnitude + abs(offset)) / step
+            tolerance = 16 * eps * (abs(low) + abs(high)) / step
+        if self.spacing == "custom" or tolerance >= 0.25:
+            index = np.searchsorted(self.edges, values, side="right") - 1
+            return np.clip(index, 0, self.n_bins - 1), n_below, n_above
         coordinate = np.array(values, dtype=np.float32)
         with np.errstate(divide="ignore", invalid="ignore"):  # log(0) = -inf: first bin
             if self.spacing == "log":
@@ -148,15 +163,14 @@ class Bins:
             distance = np.rint(coordinate)
             np.subtract(coordinate, distance, out=distance)
             np.abs(distance, out=distance)
-            near_boundary = np.flatnonzero(distance < tolerance) if tolerance < 0.25 else None
+            near_boundary = np.flatnonzero(distance < tolerance)
         np.floor(coordinate, out=coordinate)
         np.clip(coordinate, 0, self.n_bins - 1, out=coordinate)
         index = coordinate.astype(np.intp)
-        check = slice(None) if near_boundary is None else near_boundary
-        suspects, suspect_values = index[check], values[check]
+        suspects, suspect_values = index[near_boundary], values[near_boundary]
         suspects -= suspect_values < edges[suspects]
         suspects += suspect_values >= edges[suspects + 1]
-        index[check] = np.clip(suspects, 0, self.n_bins - 1)
+        index[near_boundary] = np.clip(suspects, 0, self.n_bins - 1)
         return index, n_below, n_above
 
     def tail_fraction(self, thresholds: np.ndarray) -> np.ndarray:
@@ -165,6 +179,10 @@ class Bins:
         ``mass @ tail_fraction(t)`` is ``P(error > t)`` under the uniform-in-bin model.
         """
         thresholds = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
+        if not np.all(np.isfinite(thresholds)) or np.any(thresholds < 0):
+            raise LTAUInputError(
+                f"atol (error tolerances) must be finite and non-negative; got {thresholds.tolist()}"
+            )
         above = (self.edges[1:, None] - thresholds[None, :]) / self.widths[:, None]
         return np.clip(above, 0.0, 1.0)
 
@@ -202,9 +220,12 @@ def quantiles(mass: np.ndarray, bins: Bins, levels: float | np.ndarray) -> np.nd
     cdf /= cdf[:, -1:]
     rows = np.arange(mass.shape[0])
     result = np.empty((mass.shape[0], levels_array.size))
+    occupied = mass > 0
     for column, level in enumerate(levels_array):
-        # First bin whose right-edge CDF reaches the level; interpolate inside it.
-        index = np.minimum(np.sum(cdf < level, axis=1), bins.n_bins - 1)
+        # First occupied bin whose right-edge CDF reaches the level (up to rounding); the level
+        # is reached inside it, so interpolate there. Level 0 gives the left end of the support
+        # and level 1 its right end.
+        index = np.argmax(occupied & (cdf >= level - 1e-12), axis=1)
         cdf_left = np.where(index > 0, cdf[rows, np.maximum(index - 1, 0)], 0.0)
         bin_mass = cdf[rows, index] - cdf_left
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -456,6 +477,7 @@ def _row_chunks(n_rows: int, chunk: int = ROW_CHUNK) -> Iterator[slice]:
 
 
 DISTRIBUTIONS_FORMAT = "ltau-distributions"
+_DISTRIBUTION_ATTRIBUTES = ("spacing", "n_below", "n_above")
 
 
 def save_distributions(distributions: ErrorDistributions, path: str | os.PathLike) -> None:
@@ -477,19 +499,57 @@ def write_distributions_group(group: h5py.Group, distributions: ErrorDistributio
     group.attrs["spacing"] = distributions.bins.spacing
     group.attrs["n_below"] = distributions.n_below
     group.attrs["n_above"] = distributions.n_above
+    sign_attributes(group, _DISTRIBUTION_ATTRIBUTES)
     write_array(group, "edges", distributions.bins.edges)
     write_array(group, "counts", distributions.counts)
 
 
 def read_distributions_group(group: h5py.Group, source: str | os.PathLike) -> ErrorDistributions:
     """Inverse of :func:`write_distributions_group`, with checks that name what is wrong."""
+    attributes = read_attributes(group, _DISTRIBUTION_ATTRIBUTES, source)
     try:
-        bins = Bins(read_array(group, "edges", source), str(group.attrs.get("spacing", "custom")))
+        bins = Bins(read_array(group, "edges", source), str(attributes["spacing"]))
         return ErrorDistributions(
             bins,
             read_array(group, "counts", source),
-            int(group.attrs.get("n_below", 0)),
-            int(group.attrs.get("n_above", 0)),
+            int(attributes["n_below"]),
+            int(attributes["n_above"]),
         )
     except LTAUInputError as exc:
         raise LTAUFileError(f"{source}: invalid stored distributions: {exc}") from exc
+
+
+def cdf_at(mass: np.ndarray, bins: Bins, values: float | np.ndarray) -> np.ndarray:
+    """Each row's CDF at its own value: ``F_i(values[i])``, shape ``(n,)``.
+
+    ``mass`` has shape ``(n, n_bins)``; ``values`` has shape ``(n,)`` or is a scalar used for
+    every row. Under the uniform-in-bin model the CDF is 0 below the first edge, 1 from the
+    last edge on, and linear inside each bin (the same CDF that :func:`quantiles` inverts).
+    """
+    mass = np.asarray(mass, dtype=np.float64)
+    values = np.broadcast_to(np.asarray(values, dtype=np.float64), (mass.shape[0],))
+    edges = bins.edges
+    index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, bins.n_bins - 1)
+    rows = np.arange(mass.shape[0])
+    cumulative = np.cumsum(mass, axis=1)
+    left = cumulative[rows, index] - mass[rows, index]
+    fraction = np.clip((values - edges[index]) / bins.widths[index], 0.0, 1.0)
+    result = left + fraction * mass[rows, index]
+    result[values < edges[0]] = 0.0
+    result[values >= edges[-1]] = 1.0
+    return np.clip(result, 0.0, 1.0)
+
+
+def density_at(mass: np.ndarray, bins: Bins, values: float | np.ndarray) -> np.ndarray:
+    """Each row's density at its own value: ``f_i(values[i])`` in 1 / (error unit), shape ``(n,)``.
+
+    ``mass[i, j] / width[j]`` for the bin ``j`` holding ``values[i]`` (bins are closed on the
+    left, the last one also on the right, as in :meth:`Bins.assign`); 0 outside
+    ``[edges[0], edges[-1]]``.
+    """
+    mass = np.asarray(mass, dtype=np.float64)
+    values = np.broadcast_to(np.asarray(values, dtype=np.float64), (mass.shape[0],))
+    edges = bins.edges
+    index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, bins.n_bins - 1)
+    density = mass[np.arange(mass.shape[0]), index] / bins.widths[index]
+    return np.where((values >= edges[0]) & (values <= edges[-1]), density, 0.0)

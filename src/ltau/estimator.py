@@ -21,7 +21,14 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from ltau._io import atomic_h5, open_checked, read_array, write_array
+from ltau._io import (
+    atomic_h5,
+    open_checked,
+    read_array,
+    read_attributes,
+    sign_attributes,
+    write_array,
+)
 from ltau._validation import as_float_matrix, as_probabilities, positive_int
 from ltau.distributions import (
     Bins,
@@ -35,6 +42,14 @@ from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.search import NeighborIndex
 
 ESTIMATOR_FORMAT = "ltau-estimator"
+_ESTIMATOR_ATTRIBUTES = (
+    "settings",
+    "metadata",
+    "n_samples",
+    "descriptor_dim",
+    "index_kind",
+    "index_params",
+)
 Weighting = Literal["uniform", "distance"]
 _MIN_DISTANCE = 1e-12
 _MIXTURE_FLOATS = 1 << 22
@@ -199,6 +214,7 @@ class LTAUEstimator:
 
     def neighbor_weights(self, distances: np.ndarray) -> np.ndarray:
         """Normalised averaging weights ``(n, k)`` for neighbour ``distances`` ``(n, k)``."""
+        distances = np.asarray(distances, dtype=np.float64)
         found = np.isfinite(distances)
         if not found.any(axis=1).all():
             raise LTAUInputError(
@@ -360,41 +376,43 @@ class LTAUEstimator:
             handle.attrs["metadata"] = metadata_json
             handle.attrs["n_samples"] = self.distributions_.n_samples
             handle.attrs["descriptor_dim"] = neighbor_index.dim
+            handle.attrs["index_kind"] = neighbor_index.kind
+            handle.attrs["index_params"] = json.dumps(neighbor_index.params)
+            sign_attributes(handle, _ESTIMATOR_ATTRIBUTES)
             write_distributions_group(handle.create_group("distributions"), self.distributions_)
-            index_group = handle.create_group("index")
-            index_group.attrs["kind"] = neighbor_index.kind
-            index_group.attrs["params"] = json.dumps(neighbor_index.params)
-            write_array(index_group, "faiss", neighbor_index.serialize())
+            write_array(handle.create_group("index"), "faiss", neighbor_index.serialize())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LTAUEstimator:
-        """Read an estimator written by :meth:`save`; predictions are identical."""
+        """Read an estimator written by :meth:`save`; predictions are identical.
+
+        Every stored array and setting is checked against its SHA-256; a damaged file raises
+        :class:`LTAUFileError` before anything is deserialised.
+        """
         with open_checked(path, ESTIMATOR_FORMAT) as handle:
-            try:
-                settings = json.loads(handle.attrs["settings"])
-                metadata = json.loads(handle.attrs.get("metadata", "{}"))
-                index_group = handle["index"]
-                kind = str(index_group.attrs["kind"])
-                params = json.loads(index_group.attrs["params"])
-                distributions_group = handle["distributions"]
-                n_samples = int(handle.attrs["n_samples"])
-                dim = int(handle.attrs["descriptor_dim"])
-            except (KeyError, ValueError) as exc:
-                raise LTAUFileError(
-                    f"{path} is missing or has invalid estimator settings: {exc}"
-                ) from exc
-            distributions = read_distributions_group(distributions_group, path)
-            serialized = read_array(index_group, "faiss", path)
+            attributes = read_attributes(handle, _ESTIMATOR_ATTRIBUTES, path)
+            if "distributions" not in handle:
+                raise LTAUFileError(f"{path} is missing the group 'distributions'")
+            distributions = read_distributions_group(handle["distributions"], path)
+            if "index" not in handle:
+                raise LTAUFileError(f"{path} is missing the group 'index'")
+            serialized = read_array(handle["index"], "faiss", path)
         try:
+            settings = json.loads(attributes["settings"])
+            metadata = json.loads(attributes["metadata"])
+            params = json.loads(attributes["index_params"])
             estimator = cls(**settings)
             estimator._validate_settings()
-            neighbor_index = NeighborIndex.deserialize(kind, params, serialized)
-        except (TypeError, LTAUInputError) as exc:
+            neighbor_index = NeighborIndex.deserialize(
+                str(attributes["index_kind"]), params, serialized
+            )
+        except (TypeError, ValueError, LTAUInputError) as exc:
             raise LTAUFileError(f"{path}: stored estimator settings are invalid: {exc}") from exc
+        n_samples = int(attributes["n_samples"])
         if neighbor_index.n_items != n_samples or distributions.n_samples != n_samples:
             raise LTAUFileError(f"{path}: index, distributions and sample count disagree")
-        if neighbor_index.dim != dim:
-            raise LTAUFileError(f"{path}: index dimension {neighbor_index.dim} != stored {dim}")
+        if neighbor_index.dim != int(attributes["descriptor_dim"]):
+            raise LTAUFileError(f"{path}: the index dimension disagrees with the stored one")
         estimator._set_fitted(neighbor_index, distributions)
         estimator.metadata_ = metadata
         return estimator

@@ -1,0 +1,1 @@
+"""Framework integrations (optional extras): they depend on the core, never the reverse."""
