@@ -162,3 +162,94 @@ def clustered(
     labels = np.repeat(np.arange(n_clusters), per_cluster)
     points = centres[labels] + rng.normal(scale=spread, size=(labels.size, dim))
     return points.astype(np.float32), labels, centres
+
+
+# --------------------------------------------------------------- corruption scans
+
+_SCAN_SCRIPT = """
+import sys, time
+import numpy as np
+from ltau import ErrorLog, LTAUEstimator, LTAUFileError
+from ltau.distributions import load_distributions
+
+kind, good_path, bad_path, queries_path = sys.argv[1:5]
+
+
+def read(path):
+    if kind == "estimator":
+        prediction = LTAUEstimator.load(path).predict(
+            np.load(queries_path), quantiles=[0.5], return_pdf=True
+        )
+        return [prediction.expected_error, prediction.neighbor_indices, prediction.pdf]
+    if kind == "distributions":
+        dist = load_distributions(path)
+        return [dist.counts, dist.bins.edges, np.array([dist.n_below, dist.n_above])]
+    with ErrorLog(path) as log:
+        return [log.to_array(), log.members, log.distributions().counts]
+
+
+reference = read(good_path)
+raw = open(good_path, "rb").read()
+dense = set(range(0, min(len(raw), 6144), 31))  # HDF5 superblock, headers, heaps, B-trees
+positions = sorted(dense | set(range(0, len(raw), max(1, len(raw) // 64))))
+for pattern in (0xFF, 0x5A):
+    for position in positions:
+        bad = bytearray(raw)
+        for i in range(position, min(position + 16, len(bad))):
+            bad[i] ^= pattern
+        with open(bad_path, "wb") as handle:
+            handle.write(bad)
+        print(f"{pattern:#04x}@{position} start", flush=True)
+        start = time.perf_counter()
+        try:
+            got = read(bad_path)
+            same = len(got) == len(reference) and all(
+                a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+                for a, b in zip(got, reference)
+            )
+            outcome = "same" if same else "DIFFERENT (corruption not detected)"
+        except LTAUFileError:
+            outcome = "LTAUFileError"
+        except BaseException as exc:
+            outcome = f"raised {type(exc).__name__}: {str(exc)[:90]}"
+        elapsed = time.perf_counter() - start
+        if elapsed > 2.0:
+            outcome += f" SLOW ({elapsed:.1f} s)"
+        print(f"{pattern:#04x}@{position} {outcome}", flush=True)
+print("done", flush=True)
+"""
+
+
+def corruption_scan(kind: str, good_path, workdir, queries_path="", timeout: float = 20.0):
+    """Flip 16 bytes (XOR 0xFF and XOR 0x5A) at many places of a good ltau file and read it.
+
+    ``kind``: "estimator", "distributions" or "log". Runs in a subprocess so that a hang or a
+    crash cannot take the test session down. Returns a list of problems: any exception other
+    than LTAUFileError, a successful read with different content, a read slower than 2 s, a
+    hang (timeout) or a crash. An empty list means every corruption was reported or harmless.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bad_path = Path(workdir) / f"corrupted-{kind}.h5"
+    command = [sys.executable, "-c", _SCAN_SCRIPT, kind, str(good_path), str(bad_path)]
+    command.append(str(queries_path))
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        output, stderr, crashed = result.stdout, result.stderr, result.returncode != 0
+    except subprocess.TimeoutExpired as exc:
+        output = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        stderr, crashed = "(timed out)", True
+    lines = output.splitlines()
+    problems = [
+        line
+        for line in lines
+        if not line.endswith((" start", " same", " LTAUFileError")) and line != "done"
+    ]
+    if lines and lines[-1].endswith(" start"):
+        where = lines[-1].removesuffix(" start")
+        problems.append(f"{where} hang (> {timeout} s in all) or crash: {stderr[-300:]}")
+    elif crashed or "done" not in lines:
+        problems.append(f"scan did not finish: {stderr[-300:]}")
+    return problems

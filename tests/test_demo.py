@@ -15,7 +15,22 @@ from ltau.cli import main
 
 @pytest.mark.parametrize("dataset", ["friedman", "diabetes"])
 def test_demo_writes_report(tmp_path, dataset):
-    assert main(["demo", "--dataset", dataset, "--epochs", "4", "--output-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--task",
+                "tabular",
+                "--dataset",
+                dataset,
+                "--epochs",
+                "4",
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     for name in ("report.html", "metrics.json", "predicted_vs_true.png", "ood_scores.png"):
         assert (tmp_path / name).stat().st_size > 0
     report = json.loads((tmp_path / "metrics.json").read_text())
@@ -30,5 +45,5 @@ def test_demo_writes_report(tmp_path, dataset):
 
 
 def test_demo_rejects_bad_epochs(tmp_path, capsys):
-    assert main(["demo", "--epochs", "0", "--output-dir", str(tmp_path)]) == 2
+    assert main(["demo", "--task", "tabular", "--epochs", "0", "--output-dir", str(tmp_path)]) == 2
     assert "epochs must be a positive integer" in capsys.readouterr().err

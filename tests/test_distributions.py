@@ -11,6 +11,7 @@ from ltau_reference import (
     PROPERTY,
     bin_index,
     cdf_at_edges,
+    corruption_scan,
     exceedance,
     expected,
     histogram_rows,
@@ -658,3 +659,14 @@ def test_corrupted_counts_are_detected_by_checksum(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(LTAUFileError, match="corrupted"):
         load_distributions(path)
+
+
+def test_corruption_anywhere_in_a_distributions_file_is_an_ltau_file_error(tmp_path):
+    """Flip 16 bytes at ~250 places (densely over the HDF5 metadata): loading either raises
+    LTAUFileError or returns exactly the saved distributions."""
+    rng = np.random.default_rng(8)
+    dist = ErrorDistributions(Bins.log(1e-3, 1.0, 24), rng.integers(0, 3, size=(300, 24)) + 1)
+    good = tmp_path / "good.h5"
+    save_distributions(dist, good)
+    problems = corruption_scan("distributions", good, tmp_path)
+    assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:25])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from ltau_reference import PROPERTY, histogram_rows
+from ltau_reference import PROPERTY, corruption_scan, histogram_rows
 
 from ltau import (
     Bins,
@@ -416,6 +416,65 @@ def test_a_corrupted_logged_epoch_is_reported(tmp_path):
             log.to_array()
         with pytest.raises(LTAUFileError, match="epoch row 1 is corrupted"):
             log.distributions(Bins.log(1e-3, 1.0, 5))
+
+
+def test_corruption_anywhere_in_a_log_is_an_ltau_file_error(tmp_path):
+    """Flip 16 bytes at ~250 places (densely over the HDF5 metadata): reading the log either
+    raises LTAUFileError or returns exactly what was recorded (errors, members, histograms)."""
+    good = tmp_path / "good.h5"
+    errors = trajectory(200, 6, 10)
+    with ErrorRecorder(200, log_path=good) as recorder:
+        for epoch, row in enumerate(errors):
+            recorder.record_epoch(row, member=epoch % 2)
+    problems = corruption_scan("log", good, tmp_path)
+    assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:25])
+
+
+def _flip_chunk_bytes(path: Path, dataset: str, pattern: int, start: int, n_bytes: int) -> bytes:
+    """XOR ``n_bytes`` of the first chunk of ``dataset`` from byte ``start``; return them."""
+    with h5py.File(path, "r") as handle:
+        info = handle[dataset].id.get_chunk_info(0)
+    raw = bytearray(path.read_bytes())
+    first = info.byte_offset + start
+    old = bytes(raw[first : first + n_bytes])
+    for i in range(first, first + n_bytes):
+        raw[i] ^= pattern
+    path.write_bytes(bytes(raw))
+    return old
+
+
+def test_corrupted_member_tags_are_detected(tmp_path):
+    """The per-epoch member tags decide which epochs belong to which model; a damaged tag
+    must be an error, not silently move epochs between models."""
+    path = tmp_path / "log.h5"
+    with ErrorRecorder(20, log_path=path) as recorder:
+        for epoch, row in enumerate(trajectory(20, 6, 11)):
+            recorder.record_epoch(row, member=epoch % 2)
+    _flip_chunk_bytes(path, "member", 0x5A, 0, 8)  # the tags of epochs 0 and 1
+    try:
+        with ErrorLog(path) as log:
+            members, rows = log.members, log.rows(members=[1])
+    except LTAUFileError:
+        return
+    pytest.fail(f"corrupted member tags accepted: members {members}, epochs of model 1 {rows}")
+
+
+def test_zero_errors_overwritten_with_ones_are_detected(tmp_path):
+    """Exact-zero errors are 0x00000000; as 0xFFFFFFFF they read as NaN ("not recorded"), and
+    Fletcher-32 cannot tell 0x0000 from 0xFFFF: the observations would silently vanish."""
+    path = tmp_path / "log.h5"
+    errors = trajectory(64, 2, 12)
+    errors[0, :16] = 0.0  # a perfectly fitted block of samples
+    with ErrorRecorder(64, log_path=path) as recorder:
+        for row in errors:
+            recorder.record_epoch(row)
+    assert _flip_chunk_bytes(path, "errors", 0xFF, 0, 64) == bytes(64)
+    try:
+        with ErrorLog(path) as log:
+            stored = log.to_array()
+    except LTAUFileError:
+        return
+    pytest.fail(f"corruption not detected: {int(np.isnan(stored).sum())} errors now read as NaN")
 
 
 # -------------------------------------------------------------- crash safety

@@ -19,9 +19,20 @@ import h5py
 import numpy as np
 
 from ltau import __version__
-from ltau.exceptions import LTAUFileError
+from ltau.exceptions import LTAUFileError, LTAUInputError
 
 FORMAT_VERSIONS = {"ltau-estimator": 1, "ltau-distributions": 1, "ltau-error-log": 1}
+
+
+@contextlib.contextmanager
+def reading(source: str | os.PathLike) -> Iterator[None]:
+    """Turn any low-level failure while reading ``source`` into an :class:`LTAUFileError`."""
+    try:
+        yield
+    except (LTAUFileError, LTAUInputError):
+        raise
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise LTAUFileError(f"{source} is corrupted or unreadable: {exc}") from exc
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
@@ -63,9 +74,16 @@ def _current_umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_h5(path: str | os.PathLike, file_format: str) -> Iterator[h5py.File]:
-    """Write an ltau HDF5 file of ``file_format`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as temporary, h5py.File(temporary, "w") as handle:
+def atomic_h5(
+    path: str | os.PathLike, file_format: str, *, libver: str = "latest"
+) -> Iterator[h5py.File]:
+    """Write an ltau HDF5 file of ``file_format`` atomically (see :func:`atomic_path`).
+
+    ``libver="latest"`` gives HDF5's checksummed internal structures, so damage to the file's
+    metadata is detected quickly; the error log, reopened for writing after a crash, uses
+    ``"earliest"``, which has no "open for writing" flag that a killed writer would leave set.
+    """
+    with atomic_path(path) as temporary, h5py.File(temporary, "w", libver=libver) as handle:
         handle.attrs["format"] = file_format
         handle.attrs["format_version"] = FORMAT_VERSIONS[file_format]
         handle.attrs["ltau_version"] = __version__

@@ -123,16 +123,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="run LTAU end to end on a built-in regression task and write a report",
-        description="Train a small neural network on a regression dataset shipped with "
-        "scikit-learn while recording per-sample errors, fit LTAU on its latent space, and "
-        "evaluate it on an in-domain test set and on a held-out shifted region. Writes "
-        "report.html, metrics.json, figures, the error log and the estimator.",
+        help="run LTAU end to end (MACE on a built-in EMT dataset, or your files) and report",
+        description="Force-field task (default): generate a dataset with ASE's EMT calculator "
+        "(metal slabs with adsorbates; 300 K MD for training, 900 K MD and unseen "
+        "metal/adsorbate pairs as the shifted test), or read --train/--test extxyz files; "
+        "train a small MACE model while recording every atom's force error, fit LTAU on its "
+        "descriptors, choose k and calibrate on a validation split of the training data, and "
+        "evaluate. Writes report.html with figures, metrics.json, the model, the estimator "
+        "and the error log. Tabular task: a PyTorch MLP on a scikit-learn dataset.",
     )
-    demo.add_argument("--dataset", choices=("friedman", "diabetes"), default="friedman")
+    demo.add_argument("--task", choices=("forcefield", "tabular"), default="forcefield")
     demo.add_argument("--output-dir", type=Path, default=Path("ltau-demo"))
-    demo.add_argument("--epochs", type=int, default=300)
+    demo.add_argument("--epochs", type=int, help="training epochs (forcefield 40, tabular 300)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--train", type=Path, help="training extxyz (default: built-in EMT data)")
+    demo.add_argument(
+        "--test",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="test extxyz, repeatable; sets without forces get OOD scores only",
+    )
+    demo.add_argument("--in-domain", help="name of the in-domain test set (default: the first)")
+    demo.add_argument("--energy-key", default="REF_energy", help="info key of energies")
+    demo.add_argument("--forces-key", default="REF_forces", help="arrays key of forces")
+    demo.add_argument("--isolated-atoms", type=Path, help="extxyz of isolated atoms (E0s)")
+    demo.add_argument("--calibration", choices=("isotonic", "scale"), default="isotonic")
+    demo.add_argument(
+        "--dataset", choices=("friedman", "diabetes"), default="friedman", help="tabular task only"
+    )
     demo.set_defaults(handler=_run_demo)
     return parser
 
@@ -259,13 +278,47 @@ def _describe_distributions(distributions) -> dict[str, object]:
 
 
 def _run_demo(args: argparse.Namespace) -> None:
+    if args.epochs is not None and args.epochs < 1:
+        raise LTAUInputError(f"epochs must be a positive integer; got {args.epochs}")
     try:
-        from ltau.demos.tabular import run_tabular_demo
+        if args.task == "tabular":
+            from ltau.demos.tabular import run_tabular_demo
+
+            run_tabular_demo(
+                args.output_dir, dataset=args.dataset, epochs=args.epochs or 300, seed=args.seed
+            )
+            return
+        from ltau.applications.forcefield import PipelineConfig
+        from ltau.demos.forcefield import run_emt_demo, run_files
+        from ltau.integrations.mace import MACESettings
     except ImportError as exc:
         raise LTAUInputError(
-            f"the demo needs the 'demo' extra (pip install 'ltau[demo]'): {exc}"
+            f"the demo needs the 'demo' and 'mace' extras (pip install 'ltau[demo,mace]'): {exc}"
         ) from exc
-    run_tabular_demo(args.output_dir, dataset=args.dataset, epochs=args.epochs, seed=args.seed)
+    tests = {name: Path(path) for name, path in _pairs(args.test).items()}
+    if tests and args.train is None:
+        raise LTAUInputError("--test needs --train")
+    config = PipelineConfig(
+        epochs=args.epochs or 40,
+        settings=MACESettings(seed=args.seed),
+        calibration=args.calibration,
+        seed=args.seed,
+        in_domain=args.in_domain or (next(iter(tests)) if tests else "test_in_domain"),
+    )
+    if args.train is None:
+        run_emt_demo(args.output_dir, config)
+        return
+    if not tests:
+        raise LTAUInputError("--train needs at least one --test NAME=PATH")
+    run_files(
+        args.output_dir,
+        config,
+        args.train,
+        tests,
+        energy_key=args.energy_key,
+        forces_key=args.forces_key,
+        isolated_atoms=args.isolated_atoms,
+    )
 
 
 def load_npy(path: Path) -> np.ndarray:

@@ -24,6 +24,7 @@ from ltau._io import (
     open_checked,
     read_array,
     read_attributes,
+    reading,
     sign_attributes,
     write_array,
 )
@@ -488,7 +489,7 @@ def save_distributions(distributions: ErrorDistributions, path: str | os.PathLik
 
 def load_distributions(path: str | os.PathLike) -> ErrorDistributions:
     """Read a file written by :func:`save_distributions`."""
-    with open_checked(path, DISTRIBUTIONS_FORMAT) as handle:
+    with open_checked(path, DISTRIBUTIONS_FORMAT) as handle, reading(path):
         if "distributions" not in handle:
             raise LTAUFileError(f"{path} is missing the group 'distributions'")
         return read_distributions_group(handle["distributions"], path)

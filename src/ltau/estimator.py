@@ -26,19 +26,21 @@ from ltau._io import (
     open_checked,
     read_array,
     read_attributes,
+    reading,
     sign_attributes,
     write_array,
 )
 from ltau._validation import as_float_matrix, as_probabilities, positive_int
+from ltau.calibration import ErrorScaleCalibrator, IsotonicCalibrator, calibrator_from_dict
 from ltau.distributions import (
     Bins,
     ErrorDistributions,
-    central_interval,
     read_distributions_group,
     write_distributions_group,
 )
 from ltau.distributions import quantiles as mixture_quantiles
 from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.metrics import probability_integral_transform
 from ltau.search import NeighborIndex
 
 ESTIMATOR_FORMAT = "ltau-estimator"
@@ -49,6 +51,7 @@ _ESTIMATOR_ATTRIBUTES = (
     "descriptor_dim",
     "index_kind",
     "index_params",
+    "calibration",
 )
 Weighting = Literal["uniform", "distance"]
 _MIN_DISTANCE = 1e-12
@@ -94,6 +97,7 @@ class LTAUPrediction:
     interval_upper: np.ndarray | None = None
     pdf: np.ndarray | None = None
     bins: Bins | None = None
+    calibrated: bool = False
 
     @classmethod
     def concatenate(cls, parts: Sequence[LTAUPrediction]) -> LTAUPrediction:
@@ -111,6 +115,7 @@ class LTAUPrediction:
             quantile_levels=first.quantile_levels,
             confidence=first.confidence,
             bins=first.bins,
+            calibrated=first.calibrated,
         )
 
     def columns(self) -> dict[str, np.ndarray]:
@@ -191,6 +196,7 @@ class LTAUEstimator:
         self.distributions_ = distributions
         self.sample_expected_error_ = distributions.expected_error()
         self._exceedance_cache: dict[float, np.ndarray] = {}
+        self.calibrator_ = None
 
     @property
     def n_features_in_(self) -> int:
@@ -234,13 +240,15 @@ class LTAUEstimator:
         quantiles: float | Sequence[float] | None = None,
         confidence: float | None = None,
         return_pdf: bool = False,
+        calibrated: bool = True,
         progress: bool = False,
     ) -> LTAUPrediction:
         """Predicted error statistics for query ``descriptors`` ``(n, dim)``.
 
         ``atol``: tolerances for ``P(error > atol)``; ``quantiles``: levels in [0, 1];
         ``confidence``: level of a central interval (e.g. 0.9); ``return_pdf``: include the
-        mixture density on the training bins.
+        mixture density (on the training bins, scaled by the calibration if any);
+        ``calibrated``: apply the map fitted by :meth:`calibrate` (if one was fitted).
         """
         neighbor_index = self._fitted_index()
         data = as_float_matrix(descriptors, "query descriptors")
@@ -256,6 +264,7 @@ class LTAUEstimator:
             "return_pdf": return_pdf,
         }
         self._check_prediction_options(**options)
+        options["calibrated"] = calibrated
         starts = range(0, data.shape[0], self.batch_size)
         if progress:
             starts = tqdm(starts, desc="predicting", unit="batch")
@@ -276,6 +285,7 @@ class LTAUEstimator:
         quantiles: float | Sequence[float] | None = None,
         confidence: float | None = None,
         return_pdf: bool = False,
+        calibrated: bool = True,
     ) -> LTAUPrediction:
         """The aggregation step of :meth:`predict`, given the neighbours already found.
 
@@ -295,8 +305,19 @@ class LTAUEstimator:
         weights = self.neighbor_weights(distances)
         safe = np.maximum(indices, 0)
         found = np.isfinite(distances)
+        calibrator = self.calibrator_ if calibrated else None
+        needs_mixture = bool(levels.size) or confidence is not None or return_pdf
+        needs_mixture |= calibrator is not None and not calibrator.expected_error_is_linear
+        mixture = self._mixture(weights, safe) if needs_mixture else None
+        expected = np.sum(weights * self.sample_expected_error_[safe], axis=1)
+        if calibrator is not None:
+            expected = (
+                calibrator.expected_error_from_raw(expected)
+                if calibrator.expected_error_is_linear
+                else calibrator.expected_error(mixture, self.bins)
+            )
         prediction = LTAUPrediction(
-            expected_error=np.sum(weights * self.sample_expected_error_[safe], axis=1),
+            expected_error=expected,
             ood_score=np.sum(np.where(found, distances, 0.0), axis=1) / found.sum(axis=1),
             neighbor_indices=indices,
             neighbor_distances=distances,
@@ -304,26 +325,75 @@ class LTAUEstimator:
             quantile_levels=tuple(float(value) for value in levels),
             confidence=confidence,
             bins=self.bins,
+            calibrated=calibrator is not None,
         )
         if atol_values.size:
-            prediction.exceedance = np.stack(
+            raw_atol = atol_values if calibrator is None else calibrator.raw_tolerance(atol_values)
+            exceedance = np.stack(
                 [
-                    np.sum(weights * self._sample_exceedance(value)[safe], axis=1)
-                    for value in atol_values
+                    np.sum(weights * self._sample_exceedance(float(value))[safe], axis=1)
+                    for value in np.atleast_1d(raw_atol)
                 ],
                 axis=1,
             )
-        if levels.size or confidence is not None or return_pdf:
-            mixture = self._mixture(weights, safe)
-            if levels.size:
-                prediction.quantiles = mixture_quantiles(mixture, self.bins, levels)
-            if confidence is not None:
-                prediction.interval_lower, prediction.interval_upper = central_interval(
-                    mixture, self.bins, confidence
-                )
-            if return_pdf:
-                prediction.pdf = mixture / self.bins.widths
+            if calibrator is not None:
+                exceedance = calibrator.exceedance_from_raw(exceedance)
+            prediction.exceedance = exceedance
+        if levels.size:
+            prediction.quantiles = self._quantiles(mixture, levels, calibrator)
+        if confidence is not None:
+            bounds = self._quantiles(
+                mixture, np.array([(1 - confidence) / 2, (1 + confidence) / 2]), calibrator
+            )
+            prediction.interval_lower, prediction.interval_upper = bounds[:, 0], bounds[:, 1]
+        if return_pdf:
+            mass, bins = (
+                (mixture, self.bins)
+                if calibrator is None
+                else calibrator.rebinned(mixture, self.bins)
+            )
+            prediction.pdf, prediction.bins = mass / bins.widths, bins
         return prediction
+
+    def _quantiles(self, mixture: np.ndarray, levels: np.ndarray, calibrator) -> np.ndarray:
+        if calibrator is None:
+            return mixture_quantiles(mixture, self.bins, levels)
+        raw = mixture_quantiles(mixture, self.bins, np.atleast_1d(calibrator.raw_levels(levels)))
+        return calibrator.quantiles_from_raw(raw)
+
+    # ------------------------------------------------------------- calibration
+    def calibrate(
+        self, descriptors: np.ndarray, errors: np.ndarray, method: str = "isotonic"
+    ) -> LTAUEstimator:
+        """Fit a recalibration map on held-out data (never the test set); returns ``self``.
+
+        ``descriptors`` ``(n, dim)`` and observed ``errors`` ``(n,)`` (>= 0, the unit of the
+        recorded errors) of a validation split. ``method``: ``"scale"`` (one factor on the
+        error axis) or ``"isotonic"`` (scale, then an isotonic map of CDF levels; Kuleshov et
+        al. 2018). Afterwards ``predict`` returns calibrated statistics unless
+        ``calibrated=False``; the map is saved with the estimator.
+        """
+        calibrators = {"scale": ErrorScaleCalibrator, "isotonic": IsotonicCalibrator}
+        if method not in calibrators:
+            raise LTAUInputError(
+                f"unknown calibration method {method!r}; use 'scale' or 'isotonic'"
+            )
+        raw = self.predict(descriptors, return_pdf=True, calibrated=False)
+        mass = raw.pdf * self.bins.widths
+        self.calibrator_ = calibrators[method]().fit(mass, self.bins, errors)
+        return self
+
+    def probability_integral_transform(
+        self, descriptors: np.ndarray, errors: np.ndarray, *, calibrated: bool = True
+    ) -> np.ndarray:
+        """``CDF_i(error_i)`` of each query's predicted distribution, ``(n,)``; uniform on
+        [0, 1] for calibrated predictions."""
+        raw = self.predict(descriptors, return_pdf=True, calibrated=False)
+        mass = raw.pdf * self.bins.widths
+        calibrator = self.calibrator_ if calibrated else None
+        if calibrator is not None:
+            return calibrator.pit(mass, self.bins, errors)
+        return probability_integral_transform(mass, self.bins, errors)
 
     @staticmethod
     def _check_prediction_options(
@@ -378,6 +448,8 @@ class LTAUEstimator:
             handle.attrs["descriptor_dim"] = neighbor_index.dim
             handle.attrs["index_kind"] = neighbor_index.kind
             handle.attrs["index_params"] = json.dumps(neighbor_index.params)
+            calibration = self.calibrator_.to_dict() if self.calibrator_ is not None else None
+            handle.attrs["calibration"] = json.dumps(calibration)
             sign_attributes(handle, _ESTIMATOR_ATTRIBUTES)
             write_distributions_group(handle.create_group("distributions"), self.distributions_)
             write_array(handle.create_group("index"), "faiss", neighbor_index.serialize())
@@ -389,7 +461,7 @@ class LTAUEstimator:
         Every stored array and setting is checked against its SHA-256; a damaged file raises
         :class:`LTAUFileError` before anything is deserialised.
         """
-        with open_checked(path, ESTIMATOR_FORMAT) as handle:
+        with open_checked(path, ESTIMATOR_FORMAT) as handle, reading(path):
             attributes = read_attributes(handle, _ESTIMATOR_ATTRIBUTES, path)
             if "distributions" not in handle:
                 raise LTAUFileError(f"{path} is missing the group 'distributions'")
@@ -415,6 +487,12 @@ class LTAUEstimator:
             raise LTAUFileError(f"{path}: the index dimension disagrees with the stored one")
         estimator._set_fitted(neighbor_index, distributions)
         estimator.metadata_ = metadata
+        try:
+            calibration = json.loads(attributes["calibration"])
+            if calibration is not None:
+                estimator.calibrator_ = calibrator_from_dict(calibration)
+        except (TypeError, ValueError, LTAUInputError) as exc:
+            raise LTAUFileError(f"{path}: the stored calibration is invalid: {exc}") from exc
         return estimator
 
     def get_params(self) -> dict:

@@ -18,6 +18,7 @@ each row belongs to), ``row_min_positive`` / ``row_max`` float64 ``(n_epochs,)``
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from ltau._io import atomic_h5, open_checked
+from ltau._io import atomic_h5, open_checked, reading
 from ltau._validation import as_error_vector, as_index_vector, positive_int
 from ltau.distributions import (
     Bins,
@@ -38,6 +39,7 @@ from ltau.exceptions import LTAUFileError, LTAUInputError
 
 LOG_FORMAT = "ltau-error-log"
 _ROW_CHUNK = 1 << 18
+_PER_ROW = ("errors", "member", "row_min_positive", "row_max", "row_sha256", "meta_sha256")
 
 
 class ErrorRecorder:
@@ -100,11 +102,13 @@ class ErrorRecorder:
         """
         handle = open_checked(log_path, LOG_FORMAT, mode="r+")
         try:
-            n_samples = int(handle.attrs["n_samples"])
-            n_complete = _check_log(handle, log_path)
-            for name in ("errors", "member", "row_min_positive", "row_max"):
-                handle[name].resize(n_complete, axis=0)
-            handle.flush()
+            with reading(log_path):
+                n_samples = int(handle.attrs["n_samples"])
+                n_complete = _check_log(handle, log_path)
+                for name in _PER_ROW:
+                    handle[name].resize(n_complete, axis=0)
+                handle.flush()
+                members, counts = np.unique(handle["member"][:], return_counts=True)
         except BaseException:
             handle.close()
             raise
@@ -114,7 +118,6 @@ class ErrorRecorder:
         recorder._log = handle
         recorder._buffer = np.full(n_samples, np.nan, dtype=np.float32)
         recorder._seen = np.zeros(n_samples, dtype=bool)
-        members, counts = np.unique(handle["member"][:], return_counts=True)
         recorder._epochs_by_member = {int(m): int(c) for m, c in zip(members, counts, strict=True)}
         recorder._accumulator = None
         if bins is not None:
@@ -256,9 +259,10 @@ class ErrorLog:
         self.path = Path(path)
         self._file = open_checked(self.path, LOG_FORMAT)
         try:
-            self.n_samples = int(self._file.attrs["n_samples"])
-            self.n_epochs = _check_log(self._file, self.path)
-            self.members = self._file["member"][: self.n_epochs].astype(np.int64)
+            with reading(self.path):
+                self.n_samples = int(self._file.attrs["n_samples"])
+                self.n_epochs = _check_log(self._file, self.path)
+                self.members = self._file["member"][: self.n_epochs].astype(np.int64)
         except BaseException:
             self._file.close()
             raise
@@ -315,7 +319,7 @@ def _first_repeat(ids: np.ndarray) -> int:
 
 
 def _create_log(path: Path, n_samples: int) -> None:
-    with atomic_h5(path, LOG_FORMAT) as handle:
+    with atomic_h5(path, LOG_FORMAT, libver="earliest") as handle:
         handle.attrs["n_samples"] = n_samples
         handle.attrs["n_complete"] = 0
         handle.create_dataset(
@@ -333,35 +337,58 @@ def _create_log(path: Path, n_samples: int) -> None:
             handle.create_dataset(
                 name, shape=(0,), maxshape=(None,), dtype=np.float64, chunks=(1024,)
             )
+        for name in ("row_sha256", "meta_sha256"):
+            handle.create_dataset(name, shape=(0,), maxshape=(None,), dtype="S64", chunks=(1024,))
 
 
 def _check_log(handle: h5py.File, source: object) -> int:
-    """Validate a log's structure and return its number of complete epochs."""
-    for name in ("errors", "member", "row_min_positive", "row_max"):
-        if name not in handle:
-            raise LTAUFileError(f"{source} is missing the dataset {name!r}")
-    n_samples = int(handle.attrs.get("n_samples", -1))
-    n_complete = int(handle.attrs.get("n_complete", -1))
-    if handle["errors"].ndim != 2 or handle["errors"].shape[1] != n_samples:
-        raise LTAUFileError(f"{source}: errors do not have shape (n_epochs, {n_samples})")
-    shortest = min(
-        handle[name].shape[0] for name in ("errors", "member", "row_min_positive", "row_max")
-    )
-    if not 0 <= n_complete <= shortest:
-        raise LTAUFileError(
-            f"{source}: it claims {n_complete} complete epochs but holds {shortest}"
-        )
+    """Validate a log's structure and per-epoch tags; return its number of complete epochs."""
+    with reading(source):
+        for name in _PER_ROW:
+            if name not in handle:
+                raise LTAUFileError(f"{source} is missing the dataset {name!r}")
+        n_samples = int(handle.attrs.get("n_samples", -1))
+        n_complete = int(handle.attrs.get("n_complete", -1))
+        if handle["errors"].ndim != 2 or handle["errors"].shape[1] != n_samples:
+            raise LTAUFileError(f"{source}: errors do not have shape (n_epochs, {n_samples})")
+        shortest = min(handle[name].shape[0] for name in _PER_ROW)
+        if not 0 <= n_complete <= shortest:
+            raise LTAUFileError(
+                f"{source}: it claims {n_complete} complete epochs but holds {shortest}"
+            )
+        members = handle["member"][:n_complete]
+        minima = handle["row_min_positive"][:n_complete]
+        maxima = handle["row_max"][:n_complete]
+        digests = handle["meta_sha256"][:n_complete]
+    for row in range(n_complete):
+        if _meta_digest(members[row], minima[row], maxima[row]) != digests[row]:
+            raise LTAUFileError(f"{source}: the tags of epoch row {row} are corrupted")
     return n_complete
+
+
+def _meta_digest(member: int, minimum: float, maximum: float) -> bytes:
+    values = np.array([member], np.int64).tobytes() + np.array([minimum, maximum]).tobytes()
+    return hashlib.sha256(values).hexdigest().encode()
+
+
+def _row_digest(row: np.ndarray) -> bytes:
+    return (
+        hashlib.sha256(np.ascontiguousarray(row, dtype=np.float32).tobytes()).hexdigest().encode()
+    )
 
 
 def _append_row(handle: h5py.File, row: np.ndarray, member: int) -> None:
     """Append one epoch, then mark it complete and flush: the count is written last."""
     epoch = int(handle.attrs["n_complete"])
     positive = row[row > 0]
+    minimum = float(positive.min()) if positive.size else np.nan
+    maximum = float(np.nanmax(row))
     statistics = {
         "member": member,
-        "row_min_positive": float(positive.min()) if positive.size else np.nan,
-        "row_max": float(np.nanmax(row)),
+        "row_min_positive": minimum,
+        "row_max": maximum,
+        "row_sha256": _row_digest(row),
+        "meta_sha256": _meta_digest(member, minimum, maximum),
     }
     handle["errors"].resize(epoch + 1, axis=0)
     handle["errors"][epoch] = row
@@ -374,10 +401,12 @@ def _append_row(handle: h5py.File, row: np.ndarray, member: int) -> None:
 
 def _select_rows(handle: h5py.File, members: Sequence[int] | None) -> np.ndarray:
     """Row indices of the complete epochs of ``members`` (default: all rows)."""
-    n_complete = int(handle.attrs["n_complete"])
+    with reading(handle.filename):
+        n_complete = int(handle.attrs["n_complete"])
     if members is None:
         return np.arange(n_complete)
-    present = handle["member"][:n_complete]
+    with reading(handle.filename):
+        present = handle["member"][:n_complete]
     wanted = np.asarray(list(members), dtype=np.int64)
     unknown = np.setdiff1d(wanted, present)
     if unknown.size:
@@ -389,12 +418,16 @@ def _select_rows(handle: h5py.File, members: Sequence[int] | None) -> np.ndarray
 
 
 def _iter_rows(handle: h5py.File, rows: np.ndarray) -> Iterator[np.ndarray]:
-    dataset = handle["errors"]
+    """Yield the logged epochs ``rows``, each checked against its SHA-256."""
     for row in rows:
         try:
-            yield dataset[int(row)]
-        except OSError as exc:
+            values = handle["errors"][int(row)]
+            digest = handle["row_sha256"][int(row)]
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise LTAUFileError(f"{handle.filename}: epoch row {row} is corrupted ({exc})") from exc
+        if _row_digest(values) != digest:
+            raise LTAUFileError(f"{handle.filename}: epoch row {row} is corrupted")
+        yield values
 
 
 def _add_row(accumulator: HistogramAccumulator, row: np.ndarray) -> None:
@@ -415,17 +448,22 @@ def _distributions_from_log(
     members: Sequence[int] | None,
     progress: bool,
 ) -> ErrorDistributions:
-    n_complete = int(handle.attrs["n_complete"])
+    with reading(handle.filename):
+        n_complete = int(handle.attrs["n_complete"])
     rows = _select_rows(handle, members)
     if rows.size == 0:
         raise LTAUInputError(f"{handle.filename} holds no completed epoch for these members")
     if bins is None:
-        low = np.nanmin(handle["row_min_positive"][:n_complete][rows]) if spacing == "log" else 0.0
-        high = float(np.nanmax(handle["row_max"][:n_complete][rows]))
+        with reading(handle.filename):
+            minima = handle["row_min_positive"][:n_complete][rows]
+            high = float(np.nanmax(handle["row_max"][:n_complete][rows]))
+        low = np.nanmin(minima) if spacing == "log" else 0.0
         if not np.isfinite(low):
             raise LTAUInputError("all recorded errors are zero: log-spaced bins cannot span them")
         bins = Bins.from_range(float(low), high, n_bins, spacing)
-    accumulator = HistogramAccumulator(bins, int(handle.attrs["n_samples"]))
+    with reading(handle.filename):
+        n_samples = int(handle.attrs["n_samples"])
+    accumulator = HistogramAccumulator(bins, n_samples)
     rows_iter = _iter_rows(handle, rows)
     if progress:
         rows_iter = tqdm(rows_iter, total=rows.size, desc="building distributions", unit="epoch")

@@ -1,0 +1,1 @@
+"""Applications of LTAU: the force-field pipeline, relaxations, training-set tuning."""
