@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("mace")
 
+from ltau import ErrorLog, LTAUEstimator
 from ltau.atomistic.oracle import make_md_dataset, write_extxyz
 from ltau.cli import main
 
@@ -33,7 +34,7 @@ def test_demo_on_user_files_writes_report(files, tmp_path):
         [
             *("demo", "--train", str(files / "train.xyz"), "--epochs", "2"),
             *("--test", f"in_domain={files / 'test.xyz'}", "--test", f"hot={files / 'hot.xyz'}"),
-            *("--output-dir", str(out), "--calibration", "scale"),
+            *("--output-dir", str(out), "--calibration", "scale", "--models", "2"),
         ]
     )
     assert code == 0
@@ -41,7 +42,11 @@ def test_demo_on_user_files_writes_report(files, tmp_path):
         assert (out / name).stat().st_size > 0
     report = json.loads((out / "metrics.json").read_text())
     in_domain, hot = report["sets"]["in_domain"], report["sets"]["hot"]
-    assert report["training"]["epochs"] == 2
+    assert report["training"]["epochs"] == 2 and report["training"]["n_models_pooled"] == 2
+    with ErrorLog(out / "errors.h5") as log:  # two seeds' trajectories, pooled per atom
+        assert log.n_samples == report["training"]["n_fit_atoms"]
+        assert np.bincount(log.members).tolist() == [2, 2]
+    assert LTAUEstimator.load(out / "estimator.h5").distributions_.n_observations.min() == 4
     assert report["chosen_on_validation"]["k"] in report["chosen_on_validation"][
         "spearman_by_k"
     ] or (

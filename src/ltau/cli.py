@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--isolated-atoms", type=Path, help="extxyz of isolated atoms (E0s)")
     demo.add_argument("--calibration", choices=("isotonic", "scale"), default="isotonic")
     demo.add_argument(
+        "--models", type=int, default=1, help="train M models (seeds) and pool their errors"
+    )
+    demo.add_argument(
         "--dataset", choices=("friedman", "diabetes"), default="friedman", help="tabular task only"
     )
     demo.set_defaults(handler=_run_demo)
@@ -303,6 +306,7 @@ def _run_demo(args: argparse.Namespace) -> None:
         settings=MACESettings(seed=args.seed),
         calibration=args.calibration,
         seed=args.seed,
+        n_models=args.models,
         in_domain=args.in_domain or (next(iter(tests)) if tests else "test_in_domain"),
     )
     if args.train is None:

@@ -13,7 +13,7 @@ training atoms in MACE's invariant descriptor space.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,9 @@ class PipelineConfig:
     in_domain: str = "test_in_domain"
     seed: int = 0
     n_bins: int = 100
+    n_models: int = 1
+    """Models trained with seeds ``seed, seed + 1, ...``; their error trajectories are pooled
+    per atom, and the first model gives the forces and descriptors."""
 
 
 def split_validation(
@@ -79,14 +82,21 @@ def run_forcefield_pipeline(
     started = time.perf_counter()
     fit_set, validation = split_validation(train, config.validation_fraction, config.seed)
 
+    if config.n_models < 1:
+        raise LTAUInputError(f"n_models must be at least 1; got {config.n_models}")
     recorder = ErrorRecorder(fit_set.n_atoms, log_path=output_dir / "errors.h5", overwrite=True)
-    trained = train_mace(
-        fit_set,
-        epochs=config.epochs,
-        settings=config.settings,
-        isolated_atom_energies=isolated_atom_energies,
-        recorder=recorder,
-    )
+    members = [
+        train_mace(
+            fit_set,
+            epochs=config.epochs,
+            settings=replace(config.settings, seed=config.settings.seed + member),
+            isolated_atom_energies=isolated_atom_energies,
+            recorder=recorder,
+            member=member,
+        )
+        for member in range(config.n_models)
+    ]
+    trained = members[0]
     trained.save(output_dir / "model.pt")
     distributions = recorder.distributions(n_bins=config.n_bins, spacing="log", progress=True)
     recorder.close()
@@ -140,6 +150,7 @@ def run_forcefield_pipeline(
             "n_fit_atoms": fit_set.n_atoms,
             "n_validation_configs": len(validation.atoms),
             "epochs": config.epochs,
+            "n_models_pooled": config.n_models,
             "epoch_seconds_mean": float(np.mean(trained.epoch_seconds)),
             "logging_overhead": trained.logging_overhead,
             "settings": vars(config.settings),
