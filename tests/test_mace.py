@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("mace")
 
-from ase.build import add_adsorbate, fcc111
+from ase.build import add_adsorbate, bulk, fcc111
 from ase.calculators.emt import EMT
 
 from ltau import ErrorRecorder, LTAUEstimator
@@ -121,3 +121,15 @@ def test_bad_inputs(trained, tmp_path):
     (tmp_path / "foreign.pt").write_bytes(b"nope")
     with pytest.raises(Exception, match="not a readable model file"):
         TrainedMACE.load(tmp_path / "foreign.pt")
+
+
+def test_stress_for_periodic_cells(trained):
+    structures, model, recorder = trained
+    evaluation = evaluate_mace(model, structures)
+    estimator = LTAUEstimator(3).fit(evaluation.descriptors, recorder.distributions(n_bins=10))
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
+    atoms.rattle(0.05, seed=0)
+    atoms.calc = LTAUCalculator(model, estimator)
+    stress = atoms.get_stress()
+    assert stress.shape == (6,) and np.all(np.isfinite(stress))
+    assert atoms.calc.results["ltau_ood_score"].shape == (len(atoms),)
