@@ -43,8 +43,9 @@ import itertools
 import math
 import numbers
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import ase.io
 import numpy as np
@@ -203,61 +204,48 @@ def make_md_dataset(
         ``n_frames`` labelled :class:`ase.Atoms` without calculator or constraints.
     """
     pairs = _pairs(metals, adsorbates, exclude_pairs)
-    site_list = _sites(sites)
+    starts = _starts(
+        pairs, sites, seed, rattle_stdev, slab_size, vacuum, n_fixed_layers, shuffled=True
+    )
     temperature = _non_negative_float(temperature_K, "temperature_K")
     n_frames = _positive_int(n_frames, "n_frames")
-    root = _seed_sequence(seed)
-    slab_size = _slab_size(slab_size)
-    vacuum = _positive_float(vacuum, "vacuum")
-    n_fixed_layers = _fixed_layers(n_fixed_layers, slab_size)
     timestep = _positive_float(timestep_fs, "timestep_fs")
     friction = _positive_float(friction_per_fs, "friction_per_fs")
     n_equilibration_steps = _non_negative_int(n_equilibration_steps, "n_equilibration_steps")
     sample_interval = _positive_int(sample_interval, "sample_interval")
     frames_per_trajectory = _positive_int(frames_per_trajectory, "frames_per_trajectory")
     n_prerelax_steps = _non_negative_int(n_prerelax_steps, "n_prerelax_steps")
-    rattle = _non_negative_float(rattle_stdev, "rattle_stdev")
     _check_keys(energy_key, forces_key)
 
-    frames: list[Atoms] = []
-    pair_order = _shuffled_cycles(pairs, np.random.default_rng(root.spawn(1)[0]))
+    def trajectory(start: _Start, n_missing: int) -> Iterator[Atoms]:
+        """Run one pre-relaxed Langevin trajectory; yield up to ``n_missing`` frames of it."""
+        atoms = start.atoms
+        if n_prerelax_steps:
+            with _single_threaded_blas():
+                BFGS(atoms, logfile=None).run(fmax=0.1, steps=n_prerelax_steps)
+        thermalize_momenta(atoms, 2.0 * temperature, rng=start.rng)
+        dynamics = Langevin(
+            atoms,
+            timestep=timestep * units.fs,
+            temperature_K=temperature,
+            friction=friction / units.fs,
+            fixcm=False,
+            rng=start.rng,
+        )
+        if n_equilibration_steps:
+            dynamics.run(n_equilibration_steps)
+        for _ in range(min(frames_per_trajectory, n_missing)):
+            dynamics.run(sample_interval)
+            info = {
+                "config_type": "md",
+                "temperature_K": temperature,
+                "trajectory": start.index,
+                "time_fs": dynamics.get_time() / units.fs,
+            }
+            yield _labelled_frame(atoms, start.fixed, info, energy_key, forces_key)
+
     desc = progress_desc or f"EMT MD at {temperature:g} K"
-    with _progress_bar(n_frames, desc, progress) as bar:
-        for trajectory, (metal, adsorbate) in enumerate(pair_order):
-            if len(frames) >= n_frames:
-                break
-            rng = np.random.default_rng(root.spawn(1)[0])
-            site = site_list[int(rng.integers(len(site_list)))]
-            atoms, fixed = _build_structure(
-                metal, adsorbate, site, slab_size, vacuum, n_fixed_layers
-            )
-            _displace(atoms, fixed, rattle, rng)
-            atoms.calc = EMT()
-            if n_prerelax_steps:
-                with _single_threaded_blas():
-                    BFGS(atoms, logfile=None).run(fmax=0.1, steps=n_prerelax_steps)
-            thermalize_momenta(atoms, 2.0 * temperature, rng=rng)
-            dynamics = Langevin(
-                atoms,
-                timestep=timestep * units.fs,
-                temperature_K=temperature,
-                friction=friction / units.fs,
-                fixcm=False,
-                rng=rng,
-            )
-            if n_equilibration_steps:
-                dynamics.run(n_equilibration_steps)
-            for _ in range(min(frames_per_trajectory, n_frames - len(frames))):
-                dynamics.run(sample_interval)
-                info = {
-                    "config_type": "md",
-                    "temperature_K": temperature,
-                    "trajectory": trajectory,
-                    "time_fs": dynamics.get_time() / units.fs,
-                }
-                frames.append(_labelled_frame(atoms, fixed, info, energy_key, forces_key))
-                bar.update(1)
-    return frames
+    return _collect_frames(starts, trajectory, n_frames, desc, progress)
 
 
 def make_relaxation_frames(
@@ -292,9 +280,10 @@ def make_relaxation_frames(
     layout are as in :func:`make_md_dataset`.
     """
     pairs = _pairs(metals, adsorbates, exclude_pairs)
-    site_list = _sites(sites)
+    starts = _starts(
+        pairs, sites, seed, rattle_stdev, slab_size, vacuum, n_fixed_layers, shuffled=True
+    )
     n_frames = _positive_int(n_frames, "n_frames")
-    root = _seed_sequence(seed)
     if optimizer not in _OPTIMIZERS:
         raise LTAUInputError(
             f"unknown optimizer {optimizer!r}; choose one of {', '.join(_OPTIMIZERS)}"
@@ -302,48 +291,33 @@ def make_relaxation_frames(
     fmax = _positive_float(fmax, "fmax")
     max_steps = _positive_int(max_steps, "max_steps")
     frames_per_relaxation = _positive_int(frames_per_relaxation, "frames_per_relaxation")
-    rattle = _non_negative_float(rattle_stdev, "rattle_stdev")
-    slab_size = _slab_size(slab_size)
-    vacuum = _positive_float(vacuum, "vacuum")
-    n_fixed_layers = _fixed_layers(n_fixed_layers, slab_size)
     _check_keys(energy_key, forces_key)
 
-    frames: list[Atoms] = []
-    pair_order = _shuffled_cycles(pairs, np.random.default_rng(root.spawn(1)[0]))
-    desc = progress_desc or f"EMT {optimizer} relaxations"
-    with _progress_bar(n_frames, desc, progress) as bar:
-        for relaxation, (metal, adsorbate) in enumerate(pair_order):
-            if len(frames) >= n_frames:
-                break
-            rng = np.random.default_rng(root.spawn(1)[0])
-            site = site_list[int(rng.integers(len(site_list)))]
-            atoms, fixed = _build_structure(
-                metal, adsorbate, site, slab_size, vacuum, n_fixed_layers
+    def relaxation(start: _Start, n_missing: int) -> Iterator[Atoms]:
+        """Relax one structure; yield up to ``n_missing`` evenly spaced frames of its path."""
+        info = {"config_type": "relaxation", "optimizer": optimizer, "relaxation": start.index}
+        path: list[Atoms] = []
+        converged = False
+        relaxer = _OPTIMIZERS[optimizer](start.atoms, logfile=None)
+        with _single_threaded_blas():
+            for step_converged in relaxer.irun(fmax=fmax, steps=max_steps):
+                path.append(_labelled_frame(start.atoms, start.fixed, info, energy_key, forces_key))
+                converged = step_converged
+        n_steps = len(path) - 1
+        wanted = min(frames_per_relaxation, n_missing)
+        if n_steps == 0:  # converged at once: the (rattled) start is already relaxed
+            chosen = [0]
+        else:
+            chosen = np.unique(np.rint(np.linspace(0, n_steps, wanted + 1)[1:]).astype(int))
+        for step in chosen:
+            frame = path[int(step)]
+            frame.info.update(
+                relax_step=int(step), relax_n_steps=n_steps, converged=bool(converged)
             )
-            _displace(atoms, fixed, rattle, rng)
-            atoms.calc = EMT()
-            info = {"config_type": "relaxation", "optimizer": optimizer, "relaxation": relaxation}
-            path: list[Atoms] = []
-            converged = False
-            relaxer = _OPTIMIZERS[optimizer](atoms, logfile=None)
-            with _single_threaded_blas():
-                for step_converged in relaxer.irun(fmax=fmax, steps=max_steps):
-                    path.append(_labelled_frame(atoms, fixed, info, energy_key, forces_key))
-                    converged = step_converged
-            n_steps = len(path) - 1
-            wanted = min(frames_per_relaxation, n_frames - len(frames))
-            if n_steps == 0:  # converged at once: the (rattled) start is already relaxed
-                chosen = [0]
-            else:
-                chosen = np.unique(np.rint(np.linspace(0, n_steps, wanted + 1)[1:]).astype(int))
-            for step in chosen:
-                frame = path[int(step)]
-                frame.info.update(
-                    relax_step=int(step), relax_n_steps=n_steps, converged=bool(converged)
-                )
-                frames.append(frame)
-                bar.update(1)
-    return frames
+            yield frame
+
+    desc = progress_desc or f"EMT {optimizer} relaxations"
+    return _collect_frames(starts, relaxation, n_frames, desc, progress)
 
 
 def make_initial_structures(
@@ -368,23 +342,14 @@ def make_initial_structures(
     e.g. ``make_initial_structures(["Au"], ["OH", "CO"], n, seed)`` (see :data:`UNSEEN_PAIRS`).
     """
     pairs = _pairs(metals, adsorbates, exclude_pairs)
-    site_list = _sites(sites)
+    starts = _starts(
+        pairs, sites, seed, rattle_stdev, slab_size, vacuum, n_fixed_layers, shuffled=False
+    )
     n = _positive_int(n, "n")
-    root = _seed_sequence(seed)
-    rattle = _non_negative_float(rattle_stdev, "rattle_stdev")
-    slab_size = _slab_size(slab_size)
-    vacuum = _positive_float(vacuum, "vacuum")
-    n_fixed_layers = _fixed_layers(n_fixed_layers, slab_size)
-
-    structures = []
-    for index in range(n):
-        rng = np.random.default_rng(root.spawn(1)[0])
-        metal, adsorbate = pairs[index % len(pairs)]
-        site = site_list[int(rng.integers(len(site_list)))]
-        atoms, fixed = _build_structure(metal, adsorbate, site, slab_size, vacuum, n_fixed_layers)
-        _displace(atoms, fixed, rattle, rng)
-        atoms.info["config_type"] = "initial"
-        structures.append(atoms)
+    structures: list[Atoms] = []
+    for start in itertools.islice(starts, n):
+        start.atoms.info["config_type"] = "initial"
+        structures.append(start.atoms)
     return structures
 
 
@@ -519,6 +484,76 @@ def write_extxyz(atoms_list: Atoms | Sequence[Atoms], path: str | os.PathLike) -
 # --------------------------------------------------------------------------------------------
 # Building and labelling
 # --------------------------------------------------------------------------------------------
+
+
+class _Start(NamedTuple):
+    """A new starting structure: its number, the atoms, their fixed mask and its own generator."""
+
+    index: int
+    atoms: Atoms
+    fixed: np.ndarray
+    rng: np.random.Generator
+
+
+def _starts(
+    pairs: list[tuple[str, str]],
+    sites: Iterable[str],
+    seed: object,
+    rattle_stdev: object,
+    slab_size: object,
+    vacuum: object,
+    n_fixed_layers: object,
+    *,
+    shuffled: bool,
+) -> Iterator[_Start]:
+    """Validate the other structure arguments now; return an endless stream of new structures.
+
+    ``pairs`` (from :func:`_pairs`) come in shuffled cycles if ``shuffled`` (the first stream
+    spawned from ``seed`` orders them), else in their own order. Every structure then spawns its
+    own generator, which draws the site and the displacements of the free atoms. No calculator
+    is attached.
+    """
+    site_list = _sites(sites)
+    root = _seed_sequence(seed)
+    rattle = _non_negative_float(rattle_stdev, "rattle_stdev")
+    size = _slab_size(slab_size)
+    vacuum_A = _positive_float(vacuum, "vacuum")
+    n_fixed = _fixed_layers(n_fixed_layers, size)
+    if shuffled:
+        pair_order = _shuffled_cycles(pairs, np.random.default_rng(root.spawn(1)[0]))
+    else:
+        pair_order = itertools.cycle(pairs)
+
+    def stream() -> Iterator[_Start]:
+        """Build, in pair order, each structure with its own generator."""
+        for index, (metal, adsorbate) in enumerate(pair_order):
+            rng = np.random.default_rng(root.spawn(1)[0])
+            site = site_list[int(rng.integers(len(site_list)))]
+            atoms, fixed = _build_structure(metal, adsorbate, site, size, vacuum_A, n_fixed)
+            _displace(atoms, fixed, rattle, rng)
+            yield _Start(index, atoms, fixed, rng)
+
+    return stream()
+
+
+def _collect_frames(
+    starts: Iterator[_Start],
+    sample: Callable[[_Start, int], Iterable[Atoms]],
+    n_frames: int,
+    desc: str,
+    progress: bool,
+) -> list[Atoms]:
+    """Attach EMT to each start and gather ``sample(start, n_missing)`` until ``n_frames``."""
+    frames: list[Atoms] = []
+    with _progress_bar(n_frames, desc, progress) as bar:
+        for start in starts:
+            start.atoms.calc = EMT()
+            for frame in sample(start, n_frames - len(frames)):
+                frames.append(frame)
+                bar.update(1)
+            if len(frames) >= n_frames:
+                break
+    return frames
 
 
 def _build_structure(
