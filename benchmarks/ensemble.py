@@ -37,7 +37,12 @@ import numpy as np
 from ase.data import atomic_numbers
 
 from ltau import ErrorRecorder, LTAUEstimator, metrics
-from ltau.applications.ensembles import calibrated_metrics, ensemble_force_spread, maxwell_mass
+from ltau.applications.ensembles import (
+    calibrate_and_predict,
+    ensemble_force_spread,
+    maxwell_mass,
+    metrics_of,
+)
 from ltau.applications.forcefield import split_validation
 from ltau.atomistic.oracle import default_splits, isolated_atom_energies
 from ltau.atomistic.structures import read_structures
@@ -150,11 +155,14 @@ def run_dataset(name: str, members: int, epochs: int, seed: int, output_dir: Pat
     curves: dict[str, dict] = {}
     for set_name in tests:
         test_distributions = distributions_of(set_name)
+        curves[set_name] = {}
         for method in METHODS:
-            results[method][set_name] = calibrated_metrics(
+            calibrated = calibrate_and_predict(
                 *validation_distributions[method], *test_distributions[method], bins, atol
             )
-        curves[set_name] = test_distributions
+            errors = test_distributions[method][1]
+            results[method][set_name] = metrics_of(calibrated, errors, atol)
+            curves[set_name][method] = (calibrated, errors)
 
     # Inference cost on the in-domain set: M forward passes vs one plus the LTAU prediction.
     in_domain = evaluations["in_domain"][0]
@@ -166,7 +174,7 @@ def run_dataset(name: str, members: int, epochs: int, seed: int, output_dir: Pat
     single_cost = forward_seconds["in_domain"][0] + ltau_seconds
     parameters = sum(p.numel() * p.element_size() for p in models[0].model.parameters())
     estimator_bytes = single.counts.nbytes + fit_descriptors.nbytes
-    _figures(output_dir, name, curves, bins)
+    _figures(output_dir, name, curves)
     return {
         "methods": results,
         "k_chosen_on_validation": k,
@@ -184,20 +192,44 @@ def run_dataset(name: str, members: int, epochs: int, seed: int, output_dir: Pat
     }
 
 
-def _figures(output_dir: Path, name: str, curves: dict, bins) -> None:
-    figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
-    for axis, (set_name, per_method) in zip(axes[0], curves.items(), strict=True):
-        for method, (mass, errors) in per_method.items():
-            uncertainty = mass @ bins.centers
-            fractions, model, oracle = _sparsification(uncertainty, errors)
-            axis.plot(fractions, model, label=method)
-        axis.plot(fractions, oracle, "k--", label="oracle")
-        axis.set_title(f"{name} {set_name}: sparsification")
-        axis.set_xlabel("fraction of atoms removed (most uncertain first)")
-        axis.set_ylabel("mean true error of the rest / overall mean")
-        axis.legend()
+def _figures(output_dir: Path, name: str, curves: dict) -> None:
+    """Sparsification, quantile-calibration and predicted-vs-true figures per test set."""
+    n_sets = len(curves)
+    figure, axes = plt.subplots(2, n_sets, figsize=(5 * n_sets, 8), squeeze=False)
+    levels = np.linspace(0, 1, 101)
+    for column, (set_name, per_method) in enumerate(curves.items()):
+        sparsification, calibration = axes[0, column], axes[1, column]
+        for method, (calibrated, errors) in per_method.items():
+            fractions, model, oracle = _sparsification(calibrated.expected_error, errors)
+            sparsification.plot(fractions, model, label=method)
+            observed = np.searchsorted(np.sort(calibrated.pit), levels, side="right")
+            calibration.plot(levels, observed / calibrated.pit.size, label=method)
+        sparsification.plot(fractions, oracle, "k--", label="oracle")
+        sparsification.set_title(f"{name} {set_name}: sparsification")
+        sparsification.set_xlabel("fraction of atoms removed (most uncertain first)")
+        sparsification.set_ylabel("mean true error of the rest / overall mean")
+        calibration.plot([0, 1], [0, 1], "k--", lw=1)
+        calibration.set_title(f"{name} {set_name}: quantile calibration (calibrated)")
+        calibration.set_xlabel("predicted quantile level")
+        calibration.set_ylabel("observed fraction below it")
+        sparsification.legend()
+        calibration.legend()
     figure.tight_layout()
-    figure.savefig(output_dir / f"{name}_sparsification.png", dpi=100)
+    figure.savefig(output_dir / f"{name}_sparsification_calibration.png", dpi=90)
+    plt.close(figure)
+
+    figure, axes = plt.subplots(n_sets, len(METHODS), figsize=(16, 4 * n_sets), squeeze=False)
+    for row, (set_name, per_method) in enumerate(curves.items()):
+        for column, (method, (calibrated, errors)) in enumerate(per_method.items()):
+            axis = axes[row, column]
+            axis.loglog(calibrated.expected_error, errors, ".", ms=1.5, alpha=0.3)
+            low, high = max(errors[errors > 0].min(), 1e-4), errors.max()
+            axis.plot([low, high], [low, high], "k--", lw=1)
+            axis.set_title(f"{set_name}: {method}")
+            axis.set_xlabel("predicted expected error (eV/Å)")
+            axis.set_ylabel("true error (eV/Å)")
+    figure.tight_layout()
+    figure.savefig(output_dir / f"{name}_predicted_vs_true.png", dpi=80)
     plt.close(figure)
 
 

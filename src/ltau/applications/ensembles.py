@@ -15,6 +15,8 @@ metrics:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.special import erf
 
@@ -51,6 +53,44 @@ def maxwell_mass(scale: np.ndarray, bins: Bins) -> np.ndarray:
     return np.maximum(np.diff(cdf, axis=1), 0.0)  # the CDF is monotone; guard rounding
 
 
+@dataclass
+class CalibratedTest:
+    """Calibrated per-atom predictions for a test set (errors in eV/Å)."""
+
+    expected_error: np.ndarray
+    pit: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    exceedance: np.ndarray
+    mass: np.ndarray
+    bins: Bins
+
+
+def calibrate_and_predict(
+    validation_mass: np.ndarray,
+    validation_errors: np.ndarray,
+    test_mass: np.ndarray,
+    test_errors: np.ndarray,
+    bins: Bins,
+    atol: float,
+    method: str = "isotonic",
+) -> CalibratedTest:
+    """Fit the recalibration on validation, then apply it to the test distributions."""
+    calibrator = {"isotonic": IsotonicCalibrator, "scale": ErrorScaleCalibrator}[method]()
+    calibrator.fit(validation_mass, bins, validation_errors)
+    lower, upper = calibrator.central_interval(test_mass, bins, CONFIDENCE)
+    mass, rebinned = calibrator.rebinned(test_mass, bins)
+    return CalibratedTest(
+        expected_error=calibrator.expected_error(test_mass, bins),
+        pit=calibrator.pit(test_mass, bins, test_errors),
+        lower=lower,
+        upper=upper,
+        exceedance=calibrator.exceedance(test_mass, bins, atol),
+        mass=mass,
+        bins=rebinned,
+    )
+
+
 def calibrated_metrics(
     validation_mass: np.ndarray,
     validation_errors: np.ndarray,
@@ -61,23 +101,23 @@ def calibrated_metrics(
     method: str = "isotonic",
 ) -> dict[str, float]:
     """Fit the recalibration on validation, then every metric on the test distributions."""
-    calibrator = {"isotonic": IsotonicCalibrator, "scale": ErrorScaleCalibrator}[method]()
-    calibrator.fit(validation_mass, bins, validation_errors)
-    expected = calibrator.expected_error(test_mass, bins)
-    lower, upper = calibrator.central_interval(test_mass, bins, CONFIDENCE)
-    exceedance = calibrator.exceedance(test_mass, bins, atol)
-    rebinned_mass, rebinned_bins = calibrator.rebinned(test_mass, bins)
-    exceeds = test_errors > atol
+    test = calibrate_and_predict(
+        validation_mass, validation_errors, test_mass, test_errors, bins, atol, method
+    )
+    return metrics_of(test, test_errors, atol)
+
+
+def metrics_of(test: CalibratedTest, errors: np.ndarray, atol: float) -> dict[str, float]:
+    """Spearman, AUROC (error > atol), miscalibration area, 90% coverage, NLL, CRPS, AUSE."""
+    exceeds = errors > atol
     return {
-        "spearman": metrics.spearman(expected, test_errors),
+        "spearman": metrics.spearman(test.expected_error, errors),
         "auroc_error_flag": (
-            metrics.auroc(exceedance, exceeds) if exceeds.any() and not exceeds.all() else None
+            metrics.auroc(test.exceedance, exceeds) if exceeds.any() and not exceeds.all() else None
         ),
-        "miscalibration_area": metrics.miscalibration_area(
-            calibrator.pit(test_mass, bins, test_errors)
-        ),
-        "coverage90": metrics.interval_coverage(test_errors, lower, upper),
-        "nll": metrics.nll_histogram(rebinned_mass, rebinned_bins, test_errors),
-        "crps": metrics.crps_histogram(rebinned_mass, rebinned_bins, test_errors),
-        "ause": metrics.ause(expected, test_errors),
+        "miscalibration_area": metrics.miscalibration_area(test.pit),
+        "coverage90": metrics.interval_coverage(errors, test.lower, test.upper),
+        "nll": metrics.nll_histogram(test.mass, test.bins, errors),
+        "crps": metrics.crps_histogram(test.mass, test.bins, errors),
+        "ause": metrics.ause(test.expected_error, errors),
     }
