@@ -7,7 +7,17 @@ import pytest
 from scipy import stats
 
 from ltau import Bins, LTAUInputError
-from ltau.applications.ensembles import calibrated_metrics, ensemble_force_spread, maxwell_mass
+from ltau.applications.ensembles import (
+    calibrate_and_predict,
+    ensemble_force_spread,
+    maxwell_mass,
+    metrics_of,
+)
+
+
+def calibrated_metrics(val_mass, val_errors, test_mass, test_errors, bins, atol):
+    test = calibrate_and_predict(val_mass, val_errors, test_mass, test_errors, bins, atol)
+    return metrics_of(test, test_errors, atol)
 
 
 def test_ensemble_spread_is_the_rms_deviation_of_member_force_vectors():

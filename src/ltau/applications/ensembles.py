@@ -91,22 +91,6 @@ def calibrate_and_predict(
     )
 
 
-def calibrated_metrics(
-    validation_mass: np.ndarray,
-    validation_errors: np.ndarray,
-    test_mass: np.ndarray,
-    test_errors: np.ndarray,
-    bins: Bins,
-    atol: float,
-    method: str = "isotonic",
-) -> dict[str, float]:
-    """Fit the recalibration on validation, then every metric on the test distributions."""
-    test = calibrate_and_predict(
-        validation_mass, validation_errors, test_mass, test_errors, bins, atol, method
-    )
-    return metrics_of(test, test_errors, atol)
-
-
 def metrics_of(test: CalibratedTest, errors: np.ndarray, atol: float) -> dict[str, float]:
     """Spearman, AUROC (error > atol), miscalibration area, 90% coverage, NLL, CRPS, AUSE."""
     exceeds = errors > atol
