@@ -19,15 +19,13 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar
 
 import mace  # noqa: F401  (must be imported before e3nn)
 import numpy as np
 import torch
 from ase import Atoms
-from ase.calculators.calculator import Calculator, all_changes
 from e3nn import o3
 from mace import data as mace_data
 from mace import modules as mace_modules
@@ -35,6 +33,7 @@ from mace.modules.utils import extract_invariant
 from mace.tools import AtomicNumberTable, torch_geometric
 from tqdm.auto import tqdm
 
+from ltau.atomistic.calculator import LTAUCalculatorBase, ModelOutput
 from ltau.atomistic.structures import LabelledStructures
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUFileError, LTAUInputError
@@ -249,91 +248,42 @@ def invariant_descriptors(model: torch.nn.Module, node_feats: torch.Tensor) -> n
     return invariant.detach().numpy().astype(np.float32)
 
 
-class LTAUCalculator(Calculator):
+class LTAUCalculator(LTAUCalculatorBase):
     """ASE calculator: a trained MACE model plus a fitted LTAU estimator.
 
-    One forward pass gives energy, forces (and stress for periodic cells) and the descriptors;
-    the estimator turns them into per-atom results:
-
-    * ``ltau_expected_force_error`` (eV/Å): expected force-error norm of each atom,
-    * ``ltau_p_exceed`` : probability that an atom's force error exceeds ``atol`` (eV/Å),
-    * ``ltau_ood_score``: mean Euclidean distance to the k nearest training atoms.
-
-    They sit in ``results`` and are also copied into ``atoms.arrays`` of the calculated
-    structure, because ASE's extxyz writer only keeps result names it knows:
-    ``ase.io.write(path, atoms, format="extxyz")`` then keeps them as per-atom columns.
+    One forward pass gives energy, forces (and stress for periodic cells) and the invariant
+    descriptors; the results are those of :class:`~ltau.atomistic.calculator.LTAUCalculatorBase`.
     """
-
-    implemented_properties: ClassVar[list[str]] = [
-        "energy",
-        "free_energy",
-        "forces",
-        "stress",
-        "ltau_expected_force_error",
-        "ltau_p_exceed",
-        "ltau_ood_score",
-    ]
-    per_atom_results: ClassVar[tuple[str, ...]] = (
-        "ltau_expected_force_error",
-        "ltau_p_exceed",
-        "ltau_ood_score",
-    )
 
     def __init__(
         self, trained: TrainedMACE, estimator: LTAUEstimator, *, atol: float = 0.1, **kwargs
     ) -> None:
-        super().__init__(**kwargs)
         self.trained = trained
-        self.estimator = estimator
-        if not (np.isfinite(atol) and atol >= 0):
-            raise LTAUInputError(f"atol must be a non-negative number (eV/Å); got {atol}")
-        self.atol = float(atol)
-        expected = _descriptor_size(trained.model)
-        if estimator.n_features_in_ != expected:
-            raise LTAUInputError(
-                f"the estimator was fitted on {estimator.n_features_in_}-dimensional descriptors "
-                f"but this model gives {expected}"
-            )
         self._z_table = AtomicNumberTable(trained.atomic_numbers)
+        super().__init__(estimator, atol=atol, **kwargs)
 
-    def calculate(
-        self,
-        atoms: Atoms | None = None,
-        properties: Sequence[str] = ("energy",),
-        system_changes: Sequence[str] = all_changes,
-    ) -> None:
-        super().calculate(atoms, properties, system_changes)
-        _check_elements(self.atoms.numbers, self._z_table)
-        periodic = bool(self.atoms.pbc.all())
+    @property
+    def descriptor_size(self) -> int:
+        return _descriptor_size(self.trained.model)
+
+    def evaluate_model(self, atoms: Atoms, compute_stress: bool) -> ModelOutput:
+        _check_elements(atoms.numbers, self._z_table)
         with default_dtype(self.trained.settings.dtype):
-            config = mace_data.config_from_atoms(self.atoms, key_specification=_KEYS)
+            config = mace_data.config_from_atoms(atoms, key_specification=_KEYS)
             data = mace_data.AtomicData.from_config(
                 config, z_table=self._z_table, cutoff=self.trained.settings.r_max
             )
             batch = next(iter(torch_geometric.dataloader.DataLoader([data], batch_size=1)))
             output = self.trained.model(
-                batch.to_dict(), training=False, compute_force=True, compute_stress=periodic
+                batch.to_dict(), training=False, compute_force=True, compute_stress=compute_stress
             )
-        prediction = self.estimator.predict(
-            invariant_descriptors(self.trained.model, output["node_feats"]), atol=self.atol
+        stress = output.get("stress") if compute_stress else None
+        return ModelOutput(
+            energy=float(output["energy"].detach()[0]),
+            forces=output["forces"].detach().numpy(),
+            descriptors=invariant_descriptors(self.trained.model, output["node_feats"]),
+            stress=None if stress is None else stress.detach().numpy()[0],
         )
-        energy = float(output["energy"].detach()[0])
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "forces": output["forces"].detach().numpy().astype(np.float64),
-            "ltau_expected_force_error": prediction.expected_error,
-            "ltau_p_exceed": prediction.exceedance[:, 0],
-            "ltau_ood_score": prediction.ood_score,
-        }
-        if periodic and output.get("stress") is not None:
-            from ase.stress import full_3x3_to_voigt_6_stress
-
-            stress = output["stress"].detach().numpy()[0].astype(np.float64)
-            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
-        if atoms is not None:
-            for name in self.per_atom_results:
-                atoms.arrays[name] = np.asarray(self.results[name], dtype=np.float64)
 
 
 def _atomic_data(structures: LabelledStructures, z_table: AtomicNumberTable, r_max: float) -> list:

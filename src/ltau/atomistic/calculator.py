@@ -1,0 +1,109 @@
+"""The ASE calculator pattern shared by every force-field integration.
+
+A framework integration subclasses :class:`LTAUCalculatorBase` and implements only
+:meth:`~LTAUCalculatorBase.evaluate_model` (one forward pass: energy, forces, optional stress and
+the per-atom descriptors) and :attr:`~LTAUCalculatorBase.descriptor_size`. The base class checks
+the estimator against the model, turns the descriptors into LTAU's per-atom results and fills
+``results``:
+
+* ``ltau_expected_force_error`` (eV/Å): expected force-error norm of each atom,
+* ``ltau_p_exceed``: probability that an atom's force error exceeds ``atol`` (eV/Å),
+* ``ltau_ood_score``: mean Euclidean distance to the k nearest training atoms.
+
+They are also copied into ``atoms.arrays`` of the calculated structure, because ASE's extxyz
+writer only keeps result names it knows: ``ase.io.write(path, atoms, format="extxyz")`` then
+keeps them as per-atom columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from ltau.estimator import LTAUEstimator
+from ltau.exceptions import LTAUInputError
+
+PER_ATOM_RESULTS = ("ltau_expected_force_error", "ltau_p_exceed", "ltau_ood_score")
+
+
+@dataclass
+class ModelOutput:
+    """One structure's model outputs: energy (eV), forces ``(n_atoms, 3)`` (eV/Å), stress
+    ``(3, 3)`` (eV/Å³, or None) and descriptors ``(n_atoms, descriptor_size)``."""
+
+    energy: float
+    forces: np.ndarray
+    descriptors: np.ndarray
+    stress: np.ndarray | None = None
+
+
+class LTAUCalculatorBase(Calculator):
+    """ASE calculator: a force-field model plus a fitted LTAU estimator (abstract).
+
+    ``atol`` (eV/Å) is the tolerance of ``ltau_p_exceed``. Subclasses implement
+    :meth:`evaluate_model` and :attr:`descriptor_size`, and call ``super().__init__`` after
+    they have set up their model.
+    """
+
+    implemented_properties: ClassVar[list[str]] = [
+        "energy",
+        "free_energy",
+        "forces",
+        "stress",
+        *PER_ATOM_RESULTS,
+    ]
+    per_atom_results: ClassVar[tuple[str, ...]] = PER_ATOM_RESULTS
+
+    def __init__(self, estimator: LTAUEstimator, *, atol: float = 0.1, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(estimator, LTAUEstimator):
+            raise LTAUInputError("estimator must be a fitted LTAUEstimator")
+        if not (np.isfinite(atol) and atol >= 0):
+            raise LTAUInputError(f"atol must be a non-negative number (eV/Å); got {atol}")
+        if estimator.n_features_in_ != self.descriptor_size:
+            raise LTAUInputError(
+                f"the estimator was fitted on {estimator.n_features_in_}-dimensional descriptors "
+                f"but this model gives {self.descriptor_size}"
+            )
+        self.estimator = estimator
+        self.atol = float(atol)
+
+    @property
+    def descriptor_size(self) -> int:
+        """Length of the model's per-atom descriptor."""
+        raise NotImplementedError
+
+    def evaluate_model(self, atoms: Atoms, compute_stress: bool) -> ModelOutput:
+        """One forward pass of the model on ``atoms``."""
+        raise NotImplementedError
+
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: Sequence[str] = ("energy",),
+        system_changes: Sequence[str] = all_changes,
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        output = self.evaluate_model(self.atoms, compute_stress=bool(self.atoms.pbc.all()))
+        prediction = self.estimator.predict(output.descriptors, atol=self.atol)
+        self.results = {
+            "energy": float(output.energy),
+            "free_energy": float(output.energy),
+            "forces": np.asarray(output.forces, dtype=np.float64),
+            "ltau_expected_force_error": prediction.expected_error,
+            "ltau_p_exceed": prediction.exceedance[:, 0],
+            "ltau_ood_score": prediction.ood_score,
+        }
+        if output.stress is not None:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(
+                np.asarray(output.stress, dtype=np.float64)
+            )
+        if atoms is not None:
+            for name in self.per_atom_results:
+                atoms.arrays[name] = np.asarray(self.results[name], dtype=np.float64)
