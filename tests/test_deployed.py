@@ -23,7 +23,7 @@ from ltau.integrations.deployed import (
     load_deployed_model,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.[a-z]+` is deprecated")
 
 R_MAX = 3.0
 TYPE_NAMES = ("Cu", "H", "O")

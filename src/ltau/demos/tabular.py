@@ -24,13 +24,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from sklearn.datasets import load_diabetes, make_friedman1
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, TensorDataset
 
 from ltau import metrics
 from ltau._io import atomic_path
 from ltau._validation import positive_int
 from ltau.estimator import LTAUEstimator, LTAUPrediction
 from ltau.exceptions import LTAUInputError
+from ltau.integrations.torch import LayerOutput, SampleErrorLogger, train_with_error_logging
 from ltau.recording import ErrorRecorder
 
 K_CANDIDATES = (1, 2, 5, 10, 20, 40)
@@ -52,7 +53,8 @@ class Split:
 
 
 class MLP(torch.nn.Module):
-    """n_inputs -> 64 -> 64 -> 1 network; ``features`` is the 64-d latent space LTAU searches."""
+    """n_inputs -> 64 -> 64 -> 1 network; the output of ``body`` is the 64-d latent space LTAU
+    searches."""
 
     def __init__(self, n_inputs: int, width: int = 64) -> None:
         super().__init__()
@@ -63,9 +65,6 @@ class MLP(torch.nn.Module):
             torch.nn.SiLU(),
         )
         self.head = torch.nn.Linear(width, 1)
-
-    def features(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.body(inputs)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(inputs)).squeeze(-1)
@@ -106,32 +105,38 @@ def train_with_recording(
     torch.manual_seed(seed)
     model = MLP(train.inputs.shape[1])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    inputs = torch.from_numpy(train.inputs)
     scale = float(train.targets.std())
     offset = float(train.targets.mean())
     targets = torch.from_numpy(((train.targets - offset) / scale).astype(np.float32))
+    dataset = TensorDataset(torch.from_numpy(train.inputs), targets, torch.arange(len(targets)))
+    batches = DataLoader(
+        dataset, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
     recorder = ErrorRecorder(len(train.targets), log_path=log_path, overwrite=True)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(epochs), desc="training (recording errors)", unit="epoch"):
-        for batch in torch.randperm(len(targets), generator=generator).split(32):
-            prediction = model(inputs[batch])
-            residual = prediction - targets[batch]
-            loss = residual.pow(2).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            recorder.record(batch.numpy(), residual.detach().abs().numpy() * scale)
-        recorder.end_epoch()
+    logger = SampleErrorLogger(
+        recorder,
+        error_fn=lambda outputs, standardised: (outputs - standardised).abs() * scale,
+        ids_fn=lambda batch: batch[2],
+    )
+    train_with_error_logging(
+        model,
+        batches,
+        optimizer=optimizer,
+        loss_fn=torch.nn.functional.mse_loss,
+        epochs=epochs,
+        logger=logger,
+    )
     model.prediction_offset, model.prediction_scale = offset, scale
     return model, recorder
 
 
 @torch.no_grad()
 def evaluate_model(model: MLP, split: Split) -> tuple[np.ndarray, np.ndarray]:
-    """Latent descriptors ``(n, 64)`` and absolute errors ``(n,)`` of the trained model."""
-    inputs = torch.from_numpy(split.inputs)
-    predictions = model(inputs).numpy() * model.prediction_scale + model.prediction_offset
-    return model.features(inputs).numpy(), np.abs(predictions - split.targets)
+    """Latent descriptors ``(n, 64)`` (the output of ``body``) and absolute errors ``(n,)``."""
+    with LayerOutput(model, "body") as hook:
+        predictions = model(torch.from_numpy(split.inputs)).numpy()
+    predictions = predictions * model.prediction_scale + model.prediction_offset
+    return hook.output.numpy(), np.abs(predictions - split.targets)
 
 
 def run_tabular_demo(

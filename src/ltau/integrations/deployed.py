@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +160,9 @@ class DeployedModel:
             keys.append(irreps_key)
         extra_files = dict.fromkeys(keys, "")
         try:
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
+            with warnings.catch_warnings():  # TorchScript is deprecated, yet deployed files use it
+                warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated")
+                module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
         except Exception as exc:
             raise LTAUFileError(f"{path} is not a TorchScript model file: {exc}") from exc
         try:
