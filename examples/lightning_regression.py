@@ -81,6 +81,7 @@ def main(epochs: int, seed: int) -> dict:
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
+            enable_progress_bar=False,
         )
         trainer.fit(model, DataLoader(train_set, batch_size=32, shuffle=True))
         distributions = recorder.distributions(n_bins=100, spacing="log")
