@@ -485,7 +485,7 @@ class LTAUEstimator:
             raise LTAUInputError(f"widen must be True or False; got {widen!r}")
         raw = self.predict(descriptors, groups=groups, return_pdf=True, calibrated=False)
         mass = raw.pdf * self.bins.widths
-        errors = checked_errors(errors, "errors", mass.shape[0])
+        errors = _observed_errors(errors, mass.shape[0])
         widening = None
         if widen:
             group_ids = _group_ids(groups, mass.shape[0])
@@ -511,7 +511,7 @@ class LTAUEstimator:
         calibrator = self.calibrator_ if calibrated else None
         if calibrator is None:
             return probability_integral_transform(mass, self.bins, errors)
-        errors = checked_errors(errors, "errors", mass.shape[0])
+        errors = _observed_errors(errors, mass.shape[0])
         if self.widening_ is not None:
             group_ids = _group_ids(groups, mass.shape[0])
             group_scores = None if group_ids is None else _group_means(raw.ood_score, group_ids)
@@ -641,6 +641,16 @@ class LTAUEstimator:
     def __repr__(self) -> str:
         settings = ", ".join(f"{name}={value!r}" for name, value in self.get_params().items())
         return f"LTAUEstimator({settings})"
+
+
+def _observed_errors(errors: np.ndarray, n_queries: int) -> np.ndarray:
+    """Validated observed errors, one per query (``(n_queries,)``, finite, >= 0)."""
+    errors = checked_errors(errors, "errors")
+    if errors.size != n_queries:
+        raise LTAUInputError(
+            f"errors has {errors.size} entries but there are {n_queries} descriptor rows"
+        )
+    return errors
 
 
 def _ood_scores(distances: np.ndarray) -> np.ndarray:
