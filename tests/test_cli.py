@@ -330,7 +330,7 @@ def test_describe_log_and_distributions(recorded, capsys):
                 "-o",
                 "{d}/c.h5",
             ),
-            "shape",
+            "3 entries but there are 40 descriptor rows",
         ),
         (
             (
