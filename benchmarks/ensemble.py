@@ -1,31 +1,38 @@
-"""LTAU versus a MACE ensemble and plain descriptor distance: uncertainty quality and cost.
+"""LTAU versus a MACE ensemble and plain descriptor distance: uncertainty quality, cost and the
+ablation of LTAU's variants, over several seeds.
 
 For each dataset (acac DFT: train_300K -> test_MD_300K / test_MD_600K; the built-in EMT set:
-train -> test_in_domain / test_shifted), M MACE models are trained with different seeds on the
-same 90% of the training file, all recording their per-atom force errors into one log. Then,
-on the same test atoms and with the same isotonic recalibration fitted on the same 10%
-validation split (see ltau.applications.ensembles for how each method becomes a distribution):
+train -> test_in_domain / test_shifted), M MACE models are trained with seeds ``seed + m`` on
+the same 90% of the training file, all recording their per-atom force errors into one log.
+Every choice is made on the remaining 10% (the validation split): k (Spearman of the raw
+expected error), the distance widening, the isotonic calibration and ``atol`` (the 90% quantile
+of validation errors). Methods, on the same test atoms:
 
-* ltau        - one model (member 0) and its own error trajectories;
-* ltau_pooled - member 0's descriptors, the M models' trajectories pooled per atom;
-* ensemble    - spread of the M force vectors; its target is the ensemble mean's error;
-* distance    - the mean distance to the k nearest training atoms alone.
+* ``ltau``                 - one model and its own error trajectories, with the distance widening
+  fitted on the atom and structure OOD scores (the estimator's default calibration);
+* ``ltau_atom_widening``   - the same, widened with the atom OOD score only (no structures);
+* ``ltau_published``       - the method as published: kNN mixture, then isotonic calibration;
+* ``distance``             - the model's mean distance to the k nearest training atoms alone;
+* ``ensemble``             - spread of the M force vectors (target: the ensemble mean's error).
 
-The targets of ltau, ltau_pooled and distance are member 0's force errors. Costs are measured
-in the same run: training wall time (M models / one model with logging), inference time per
-atom (M forward passes / one forward pass plus the LTAU prediction), and the memory needed at
-inference (M models' parameters / one model's parameters plus the estimator's arrays).
+The single-model methods are repeated for models 0 .. n_seeds-1 (each as "the" model, with its
+own trajectories and descriptors); the ensemble is the one M-member ensemble. Costs are
+measured in the same run: training wall time (M models / one model with logging), inference
+time per atom (M forward passes / one forward pass plus the LTAU prediction) and the memory
+footprint at inference. Trained models and their log are kept in ``--work-dir/<dataset>`` (default
+``OUTPUT/work``) and reused by a later run with the same settings (``--retrain``: train afresh).
 
 Usage::
 
-    python benchmarks/ensemble.py                       # both datasets, M=5 (about 30 min)
-    python benchmarks/ensemble.py --datasets emt --members 2 --epochs 3   # a quick check
+    python benchmarks/ensemble.py                       # both datasets, M=5, 3 seeds
+    python benchmarks/ensemble.py --datasets emt --members 2 --seeds 2 --epochs 3   # quick
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -36,21 +43,36 @@ import matplotlib.pyplot as plt
 import numpy as np
 from ase.data import atomic_numbers
 
-from ltau import ErrorRecorder, LTAUEstimator, metrics
+from ltau import ErrorLog, ErrorRecorder, LTAUEstimator, metrics
 from ltau.applications.ensembles import (
+    CONFIDENCE,
+    CalibratedTest,
     calibrate_and_predict,
     ensemble_force_spread,
     maxwell_mass,
     metrics_of,
 )
-from ltau.applications.forcefield import split_validation
+from ltau.applications.forcefield import K_CANDIDATES, split_validation
 from ltau.atomistic.oracle import default_splits, isolated_atom_energies
 from ltau.atomistic.structures import read_structures
-from ltau.integrations.mace import MACESettings, evaluate_mace, train_mace
+from ltau.integrations.mace import MACESettings, TrainedMACE, evaluate_mace, train_mace
 
 ACAC = Path(__file__).resolve().parents[2] / "shared" / "data" / "acac"
-K_CANDIDATES = (5, 10, 20, 50)
-METHODS = ("ltau", "ltau_pooled", "ensemble", "distance")
+VARIANTS = {  # LTAU variant: (distance widening, structures as groups)
+    "ltau": (True, True),
+    "ltau_atom_widening": (True, False),
+    "ltau_published": (False, False),
+}
+METHODS = (*VARIANTS, "distance", "ensemble")
+TABLE_METRICS = {
+    "spearman": "Spearman",
+    "auroc_error_flag": "AUROC err>atol",
+    "ause": "AUSE",
+    "miscalibration_area": "miscal. area",
+    "coverage90": "cov. 90%",
+    "crps": "CRPS",
+    "auroc_shifted_vs_in_domain": "AUROC shifted vs in-domain",
+}
 
 
 def load_dataset(name: str, seed: int):
@@ -81,28 +103,77 @@ def load_dataset(name: str, seed: int):
     return train, tests, e0s
 
 
-def run_dataset(name: str, members: int, epochs: int, seed: int, output_dir: Path) -> dict:
-    train, tests, e0s = load_dataset(name, seed)
-    fit_set, validation = split_validation(train, 0.1, seed)
-    recorder = ErrorRecorder(
-        fit_set.n_atoms, log_path=output_dir / f"{name}_errors.h5", overwrite=True
-    )
+def train_members(
+    name: str, train, e0s, members: int, epochs: int, seed: int, work_dir: Path
+) -> tuple[list, Path, list[float]]:
+    """Train M members on the fit split, all logging into one error log, or reuse the models
+    and log a previous run with the same settings left in ``work_dir``.
+
+    Returns ``(models, log path, training seconds per member)``.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"dataset": name, "epochs": epochs, "seed": seed, "validation_fraction": 0.1}
+    record = work_dir / "training.json"
+    log_path = work_dir / "errors.h5"
+    model_paths = [work_dir / f"model{member}.pt" for member in range(members)]
+    if record.exists() and log_path.exists() and all(path.exists() for path in model_paths):
+        stored = json.loads(record.read_text())
+        if stored["settings"] == settings and len(stored["train_seconds"]) >= members:
+            print(f"{name}: reusing the {members} models trained earlier in {work_dir}")
+            models = [TrainedMACE.load(path) for path in model_paths]
+            return models, log_path, stored["train_seconds"][:members]
+    fit_set, _ = split_validation(train, 0.1, seed)
+    recorder = ErrorRecorder(fit_set.n_atoms, log_path=log_path, overwrite=True)
     models, train_seconds = [], []
     for member in range(members):
         started = time.perf_counter()
-        models.append(
-            train_mace(
-                fit_set,
-                epochs=epochs,
-                settings=MACESettings(seed=seed + member),
-                isolated_atom_energies=e0s,
-                recorder=recorder,
-                member=member,
-            )
+        model = train_mace(
+            fit_set,
+            epochs=epochs,
+            settings=MACESettings(seed=seed + member),
+            isolated_atom_energies=e0s,
+            recorder=recorder,
+            member=member,
         )
         train_seconds.append(time.perf_counter() - started)
+        model.save(model_paths[member])
+        models.append(model)
+    recorder.close()
+    record.write_text(json.dumps({"settings": settings, "train_seconds": train_seconds}))
+    return models, log_path, train_seconds
 
+
+def calibrated_ltau(
+    estimator: LTAUEstimator, evaluation, groups: np.ndarray | None, atol: float
+) -> CalibratedTest:
+    """An LTAU estimator's calibrated predictions for labelled atoms, as the ensemble
+    comparison's :class:`CalibratedTest` (the estimator's own widening and calibration)."""
+    prediction = estimator.predict(
+        evaluation.descriptors, groups=groups, atol=atol, confidence=CONFIDENCE, return_pdf=True
+    )
+    return CalibratedTest(
+        expected_error=prediction.expected_error,
+        pit=estimator.probability_integral_transform(
+            evaluation.descriptors, evaluation.force_errors, groups=groups
+        ),
+        lower=prediction.interval_lower,
+        upper=prediction.interval_upper,
+        exceedance=prediction.exceedance[:, 0],
+        mass=prediction.pdf * prediction.bins.widths,
+        bins=prediction.bins,
+    )
+
+
+def run_dataset(
+    name: str, members: int, epochs: int, seed: int, n_seeds: int, output_dir: Path, work_dir: Path
+) -> dict:
+    train, tests, e0s = load_dataset(name, seed)
+    fit_set, validation = split_validation(train, 0.1, seed)
+    models, log_path, train_seconds = train_members(
+        name, train, e0s, members, epochs, seed, work_dir / name
+    )
     sets = {"validation": validation, **tests}
+    groups = {set_name: s.index.configuration_of_atoms for set_name, s in sets.items()}
     evaluations, forward_seconds = {}, {}
     for set_name, structures in sets.items():
         evaluations[set_name], forward_seconds[set_name] = [], []
@@ -110,77 +181,125 @@ def run_dataset(name: str, members: int, epochs: int, seed: int, output_dir: Pat
             started = time.perf_counter()
             evaluations[set_name].append(evaluate_mace(model, structures))
             forward_seconds[set_name].append(time.perf_counter() - started)
-    fit_descriptors = evaluate_mace(models[0], fit_set).descriptors
 
-    single = recorder.distributions(members=[0], n_bins=100)
-    pooled = recorder.distributions(bins=single.bins)
-    recorder.close()
-    validation_0 = evaluations["validation"][0]
-    spearman_by_k = {
-        k: metrics.spearman(
-            LTAUEstimator(k)
-            .fit(fit_descriptors, single)
-            .predict(validation_0.descriptors)
-            .expected_error,
-            validation_0.force_errors,
+    # The ensemble: all M members; its target is the ensemble mean's force error.
+    ensemble_runs = {}
+    for set_name in sets:
+        forces = np.stack([run.forces for run in evaluations[set_name]])
+        ensemble_runs[set_name] = (
+            np.maximum(ensemble_force_spread(forces), 1e-12),
+            np.linalg.norm(forces.mean(axis=0) - sets[set_name].forces, axis=1),
         )
-        for k in K_CANDIDATES
-    }
-    k = max(spearman_by_k, key=spearman_by_k.get)
-    estimators = {
-        "ltau": LTAUEstimator(k).fit(fit_descriptors, single),
-        "ltau_pooled": LTAUEstimator(k).fit(fit_descriptors, pooled),
-    }
-    bins = single.bins
-    atol = float(np.quantile(validation_0.force_errors, 0.9))
 
-    def distributions_of(set_name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per method: (mass on ``bins``, target errors)."""
-        runs = evaluations[set_name]
-        descriptors, own_errors = runs[0].descriptors, runs[0].force_errors
-        out = {}
-        for method, estimator in estimators.items():
-            raw = estimator.predict(descriptors, return_pdf=True, calibrated=False)
-            out[method] = (raw.pdf * bins.widths, own_errors)
-        forces = np.stack([run.forces for run in runs])
-        mean_error = np.linalg.norm(forces.mean(axis=0) - sets[set_name].forces, axis=1)
-        spread = np.maximum(ensemble_force_spread(forces), 1e-12)
-        out["ensemble"] = (maxwell_mass(spread, bins), mean_error)
-        ood = estimators["ltau"].predict(descriptors, calibrated=False).ood_score
-        out["distance"] = (maxwell_mass(np.maximum(ood, 1e-12), bins), own_errors)
-        return out
-
-    validation_distributions = distributions_of("validation")
-    results: dict[str, dict] = {method: {} for method in METHODS}
+    per_seed: list[dict] = []
     curves: dict[str, dict] = {}
-    for set_name in tests:
-        test_distributions = distributions_of(set_name)
-        curves[set_name] = {}
-        for method in METHODS:
-            calibrated = calibrate_and_predict(
-                *validation_distributions[method], *test_distributions[method], bins, atol
+    log = ErrorLog(log_path)
+    for member in range(n_seeds):
+        distributions = log.distributions(members=[member], n_bins=100)
+        fit_descriptors = evaluate_mace(models[member], fit_set).descriptors
+        validation_m = evaluations["validation"][member]
+        spearman_by_k = {
+            k: metrics.spearman(
+                LTAUEstimator(k)
+                .fit(fit_descriptors, distributions)
+                .predict(validation_m.descriptors)
+                .expected_error,
+                validation_m.force_errors,
             )
-            errors = test_distributions[method][1]
-            results[method][set_name] = metrics_of(calibrated, errors, atol)
-            curves[set_name][method] = (calibrated, errors)
+            for k in K_CANDIDATES
+        }
+        k = max(spearman_by_k, key=spearman_by_k.get)
+        atol = float(np.quantile(validation_m.force_errors, 0.9))
+        bins = distributions.bins
+        results: dict[str, dict] = {}
+        predictions: dict[str, dict] = {}
+        for variant, (widen, use_groups) in VARIANTS.items():
+            estimator = LTAUEstimator(k).fit(fit_descriptors, distributions)
+            estimator.calibrate(
+                validation_m.descriptors,
+                validation_m.force_errors,
+                groups=groups["validation"] if use_groups else None,
+                widen=widen,
+            )
+            if member == 0 and variant == "ltau":
+                default_estimator = estimator
+            predictions[variant] = {
+                set_name: (
+                    calibrated_ltau(
+                        estimator,
+                        evaluations[set_name][member],
+                        groups[set_name] if use_groups else None,
+                        atol,
+                    ),
+                    evaluations[set_name][member].force_errors,
+                )
+                for set_name in tests
+            }
+        ood = {
+            set_name: LTAUEstimator(k)
+            .fit(fit_descriptors, distributions)
+            .predict(evaluations[set_name][member].descriptors)
+            .ood_score
+            for set_name in sets
+        }
+        baselines = {
+            "distance": {
+                s: (
+                    maxwell_mass(np.maximum(ood[s], 1e-12), bins),
+                    evaluations[s][member].force_errors,
+                )
+                for s in sets
+            },
+            "ensemble": {
+                s: (maxwell_mass(ensemble_runs[s][0], bins), ensemble_runs[s][1]) for s in sets
+            },
+        }
+        for method, per_set in baselines.items():
+            predictions[method] = {
+                s: (
+                    calibrate_and_predict(*per_set["validation"], *per_set[s], bins, atol),
+                    per_set[s][1],
+                )
+                for s in tests
+            }
+        for method, per_set in predictions.items():
+            results[method] = {
+                s: metrics_of(calibrated, errors, atol)
+                for s, (calibrated, errors) in per_set.items()
+            }
+            in_domain, shifted = per_set["in_domain"][0], per_set["shifted"][0]
+            results[method]["shifted"]["auroc_shifted_vs_in_domain"] = metrics.auroc(
+                np.concatenate([shifted.expected_error, in_domain.expected_error]),
+                np.r_[
+                    np.ones(shifted.expected_error.size), np.zeros(in_domain.expected_error.size)
+                ],
+            )
+        per_seed.append({"k": k, "atol": atol, "spearman_by_k": spearman_by_k, "methods": results})
+        if member == 0:
+            curves = {s: {m: predictions[m][s] for m in predictions} for s in tests}
+    log.close()
 
     # Inference cost on the in-domain set: M forward passes vs one plus the LTAU prediction.
+    estimator = default_estimator
     in_domain = evaluations["in_domain"][0]
-    estimators["ltau"].calibrate(validation_0.descriptors, validation_0.force_errors)
     started = time.perf_counter()
-    estimators["ltau"].predict(in_domain.descriptors, atol=atol, confidence=0.9)
+    estimator.predict(
+        in_domain.descriptors, groups=groups["in_domain"], atol=per_seed[0]["atol"], confidence=0.9
+    )
     ltau_seconds = time.perf_counter() - started
     n_atoms = tests["in_domain"].n_atoms
     single_cost = forward_seconds["in_domain"][0] + ltau_seconds
     parameters = sum(p.numel() * p.element_size() for p in models[0].model.parameters())
-    estimator_bytes = single.counts.nbytes + fit_descriptors.nbytes
+    estimator_bytes = estimator.distributions_.counts.nbytes + fit_set.n_atoms * (
+        estimator.n_features_in_ * 4
+    )
     _figures(output_dir, name, curves)
     return {
-        "methods": results,
-        "k_chosen_on_validation": k,
-        "atol": atol,
+        "methods": summarise(per_seed),
+        "per_seed": per_seed,
         "members": members,
         "epochs": epochs,
+        "n_seeds": n_seeds,
         "train_seconds": train_seconds,
         "train_cost_ratio": sum(train_seconds) / train_seconds[0],
         "inference_us_per_atom_ltau": 1e6 * single_cost / n_atoms,
@@ -188,8 +307,28 @@ def run_dataset(name: str, members: int, epochs: int, seed: int, output_dir: Pat
         "inference_cost_ratio": sum(forward_seconds["in_domain"]) / single_cost,
         "ltau_predict_us_per_atom": 1e6 * ltau_seconds / n_atoms,
         "inference_memory_ratio": members * parameters / (parameters + estimator_bytes),
-        "force_rmse_member0": {s: metrics.rmse(evaluations[s][0].force_errors) for s in tests},
+        "force_rmse": {
+            s: [metrics.rmse(evaluations[s][m].force_errors) for m in range(n_seeds)] for s in tests
+        },
     }
+
+
+def summarise(per_seed: list[dict]) -> dict:
+    """Mean, standard deviation and per-seed values of every metric, per method and set."""
+    summary: dict = {}
+    for method, per_set in per_seed[0]["methods"].items():
+        summary[method] = {}
+        for set_name, values in per_set.items():
+            summary[method][set_name] = {}
+            for metric in values:
+                seeds = [run["methods"][method][set_name][metric] for run in per_seed]
+                known = [value for value in seeds if value is not None]
+                summary[method][set_name][metric] = {
+                    "mean": float(np.mean(known)) if known else None,
+                    "std": float(np.std(known)) if known else None,
+                    "per_seed": seeds,
+                }
+    return summary
 
 
 def _figures(output_dir: Path, name: str, curves: dict) -> None:
@@ -218,7 +357,9 @@ def _figures(output_dir: Path, name: str, curves: dict) -> None:
     figure.savefig(output_dir / f"{name}_sparsification_calibration.png", dpi=90)
     plt.close(figure)
 
-    figure, axes = plt.subplots(n_sets, len(METHODS), figsize=(16, 4 * n_sets), squeeze=False)
+    figure, axes = plt.subplots(
+        n_sets, len(METHODS), figsize=(4 * len(METHODS), 4 * n_sets), squeeze=False
+    )
     for row, (set_name, per_method) in enumerate(curves.items()):
         for column, (method, (calibrated, errors)) in enumerate(per_method.items()):
             axis = axes[row, column]
@@ -239,34 +380,26 @@ def _sparsification(uncertainty: np.ndarray, errors: np.ndarray):
 
 
 def markdown_table(report: dict) -> str:
+    """Per dataset: method x test set x metric, mean ± standard deviation over seeds."""
     lines = []
     for dataset, values in report["datasets"].items():
         lines.append(
             f"\n**{dataset}** (M = {values['members']}, {values['epochs']} epochs, "
-            f"k = {values['k_chosen_on_validation']}; train cost ratio "
+            f"{values['n_seeds']} seeds; k per seed "
+            f"{[run['k'] for run in values['per_seed']]}; train cost ratio "
             f"{values['train_cost_ratio']:.2f}, inference cost ratio "
             f"{values['inference_cost_ratio']:.2f})\n"
         )
-        lines.append(
-            "| method | test set | Spearman | AUROC err>atol | miscal. area | cov. 90% | NLL | CRPS | AUSE |"
-        )
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+        lines.append("| method | test set | " + " | ".join(TABLE_METRICS.values()) + " |")
+        lines.append("|---|---|" + "---|" * len(TABLE_METRICS))
         for method, per_set in values["methods"].items():
-            for set_name, m in per_set.items():
-                cells = [
-                    m["spearman"],
-                    m["auroc_error_flag"],
-                    m["miscalibration_area"],
-                    m["coverage90"],
-                    m["nll"],
-                    m["crps"],
-                    m["ause"],
-                ]
-                lines.append(
-                    f"| {method} | {set_name} | "
-                    + " | ".join("–" if c is None else f"{c:.3f}" for c in cells)
-                    + " |"
-                )
+            for set_name, per_metric in per_set.items():
+                cells = []
+                for metric in TABLE_METRICS:
+                    value = per_metric.get(metric, {}).get("mean")
+                    spread = per_metric.get(metric, {}).get("std")
+                    cells.append("" if value is None else f"{value:.3f} ± {spread:.3f}")
+                lines.append(f"| {method} | {set_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -274,7 +407,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", choices=("acac", "emt"), default=["acac", "emt"])
     parser.add_argument("--members", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seeds", type=int, default=3, help="single models evaluated (<= M)")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument(
+        "--work-dir", type=Path, help="where trained models are kept (default OUTPUT/work)"
+    )
+    parser.add_argument("--retrain", action="store_true", help="ignore models kept there")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--output-dir", type=Path, default=Path(__file__).parent / "results" / "ensemble"
@@ -282,11 +420,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.members < 2:
         parser.error("--members must be at least 2 (an ensemble)")
+    if not 1 <= args.seeds <= args.members:
+        parser.error("--seeds must lie between 1 and --members")
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = args.work_dir or args.output_dir / "work"
+    if args.retrain:
+        shutil.rmtree(work_dir, ignore_errors=True)
     report = {"datasets": {}}
     for name in args.datasets:
         report["datasets"][name] = run_dataset(
-            name, args.members, args.epochs, args.seed, args.output_dir
+            name, args.members, args.epochs, args.seed, args.seeds, args.output_dir, work_dir
         )
     (args.output_dir / "table.md").write_text(markdown_table(report))
     (args.output_dir / "results.json").write_text(json.dumps(report, indent=2))
@@ -295,7 +438,17 @@ def main(argv: list[str] | None = None) -> dict:
         "inference_cost_ratio": {
             d: v["inference_cost_ratio"] for d, v in report["datasets"].items()
         },
-        **{d: v["methods"] for d, v in report["datasets"].items()},
+        **{
+            d: {
+                method: {
+                    set_name: {metric: values["mean"] for metric, values in per_metric.items()}
+                    | {f"{metric}_std": values["std"] for metric, values in per_metric.items()}
+                    for set_name, per_metric in per_set.items()
+                }
+                for method, per_set in v["methods"].items()
+            }
+            for d, v in report["datasets"].items()
+        },
     }
     print(markdown_table(report))
     print(json.dumps(flat))

@@ -107,6 +107,49 @@ def test_npy_and_npz_outputs(recorded, capsys):
     np.testing.assert_allclose((pdf * np.diff(edges)).sum(axis=1), 1.0)
 
 
+def test_calibrate_with_groups_matches_python_api(recorded, capsys):
+    d = recorded
+    rng = np.random.default_rng(5)
+    validation = rng.normal(scale=1.5, size=(120, 8)).astype(np.float32)
+    np.save(d / "val.npy", validation)
+    np.save(d / "val_errors.npy", np.abs(rng.normal(size=120)) * np.exp(validation[:, 0]))
+    np.save(d / "val_groups.npy", np.repeat(np.arange(30), 4))
+    np.save(d / "query_groups.npy", np.repeat(np.arange(10), 4))
+    run(capsys, "distributions", d / "log.h5", "-o", d / "dist.h5")
+    run(capsys, "fit", "--descriptors", d / "train.npy", "--distributions", d / "dist.h5",
+        "-o", d / "est.h5", "--metadata", "unit=eV/A")  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        *("calibrate", d / "est.h5", "--descriptors", d / "val.npy"),
+        *("--errors", d / "val_errors.npy", "--groups", d / "val_groups.npy", "-o", d / "cal.h5"),
+    )
+    assert code == 0 and "distance widening exponents" in out
+    code, _, _ = run(
+        capsys,
+        *("predict", d / "cal.h5", "--descriptors", d / "query.npy", "-o", d / "out.npy"),
+        *("--groups", d / "query_groups.npy", "--atol", 1.0),
+    )
+    assert code == 0
+    table = np.load(d / "out.npy")
+
+    expected = LTAUEstimator.load(d / "est.h5").calibrate(
+        validation, np.load(d / "val_errors.npy"), groups=np.load(d / "val_groups.npy")
+    )
+    direct = expected.predict(np.load(d / "query.npy"), groups=np.load(d / "query_groups.npy"),
+                              atol=1.0)  # fmt: skip
+    np.testing.assert_allclose(table["expected_error"], direct.expected_error)
+    np.testing.assert_allclose(table["p_exceed_1"], direct.exceedance[:, 0])
+    assert LTAUEstimator.load(d / "cal.h5").metadata_ == {"unit": "eV/A"}
+
+    code, out, _ = run(
+        capsys,
+        *("calibrate", d / "est.h5", "--descriptors", d / "val.npy", "--no-widening"),
+        *("--errors", d / "val_errors.npy", "--method", "scale", "-o", d / "plain.h5"),
+    )
+    assert code == 0 and "no distance widening" in out
+    assert LTAUEstimator.load(d / "plain.h5").widening_ is None
+
+
 def test_describe_log_and_distributions(recorded, capsys):
     d = recorded
     summary = json.loads(run(capsys, "describe", d / "log.h5")[1])
@@ -263,6 +306,60 @@ def test_describe_log_and_distributions(recorded, capsys):
             ("predict", "{d}/dist.h5", "--descriptors", "{d}/query.npy", "-o", "{d}/p.csv"),
             "expected an ltau-estimator",
         ),
+        (
+            (
+                "predict",
+                "{d}/est.h5",
+                "--descriptors",
+                "{d}/query.npy",
+                "-o",
+                "{d}/p.csv",
+                "--groups",
+                "{d}/short_groups.npy",
+            ),
+            "one label per query",
+        ),
+        (
+            (
+                "calibrate",
+                "{d}/est.h5",
+                "--descriptors",
+                "{d}/query.npy",
+                "--errors",
+                "{d}/short_groups.npy",
+                "-o",
+                "{d}/c.h5",
+            ),
+            "3 entries but there are 40 descriptor rows",
+        ),
+        (
+            (
+                "calibrate",
+                "{d}/est.h5",
+                "--descriptors",
+                "{d}/query.npy",
+                "--errors",
+                "{d}/query_errors.npy",
+                "--groups",
+                "{d}/float_groups.npy",
+                "-o",
+                "{d}/c.h5",
+            ),
+            "integer labels",
+        ),
+        (
+            (
+                "calibrate",
+                "{d}/est.h5",
+                "--descriptors",
+                "{d}/query.npy",
+                "--errors",
+                "{d}/missing.npy",
+                "-o",
+                "{d}/c.h5",
+            ),
+            "does not exist",
+        ),
     ],
 )
 def test_bad_input_is_named_and_writes_nothing(recorded, capsys, args, message):
@@ -270,6 +367,9 @@ def test_bad_input_is_named_and_writes_nothing(recorded, capsys, args, message):
     (d / "bad.npy").write_bytes(b"not an npy file")
     np.save(d / "nan.npy", np.full((300, 8), np.nan))
     np.save(d / "wide.npy", np.zeros((4, 9)))
+    np.save(d / "short_groups.npy", np.zeros(3, dtype=np.int64))
+    np.save(d / "float_groups.npy", np.zeros(40))
+    np.save(d / "query_errors.npy", np.ones(40))
     run(capsys, "distributions", d / "log.h5", "-o", d / "dist.h5")
     run(
         capsys,
@@ -301,5 +401,5 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("distributions", "fit", "predict", "describe", "demo"):
+    for command in ("distributions", "fit", "calibrate", "predict", "describe", "demo"):
         assert command in out

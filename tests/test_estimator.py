@@ -359,8 +359,8 @@ def test_loading_bad_files_gives_clear_errors(small_data, tmp_path):
     newer = tmp_path / "newer.h5"
     newer.write_bytes(raw)
     with h5py.File(newer, "r+") as handle:
-        handle.attrs["format_version"] = 2
-    with pytest.raises(LTAUFileError, match=r"format version 2; this ltau reads up to version 1"):
+        handle.attrs["format_version"] = 3
+    with pytest.raises(LTAUFileError, match=r"format version 3; this ltau reads up to version 2"):
         LTAUEstimator.load(newer)
 
     distributions_file = tmp_path / "distributions.h5"

@@ -21,7 +21,7 @@ import numpy as np
 from ltau import __version__
 from ltau.exceptions import LTAUFileError, LTAUInputError
 
-FORMAT_VERSIONS = {"ltau-estimator": 1, "ltau-distributions": 1, "ltau-error-log": 1}
+FORMAT_VERSIONS = {"ltau-estimator": 2, "ltau-distributions": 1, "ltau-error-log": 1}
 
 
 @contextlib.contextmanager

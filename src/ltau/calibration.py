@@ -34,11 +34,18 @@ Interface shared by both (``mass``/``bins`` always the *uncalibrated* distributi
   isotonic map needs the mixture (``expected_error(mass, bins)``).
 * ``to_dict()`` (JSON-serialisable plain floats and lists) and ``from_dict(data)``;
   :func:`calibrator_from_dict` picks the class from ``data["kind"]``.
+
+Before either map, :class:`DistanceWidening` can widen each query's distribution with its
+distance to the training set: the raw error axis of query ``i`` is scaled by
+``w_i = (d_i / d_ref)^a * (g_i / g_ref)^b``, where ``d_i`` is the query's OOD score (mean
+distance to its k neighbours) and ``g_i`` the mean OOD score of its group (the atoms of one
+structure); the calibrators then act on the widened distributions ``F_i(x / w_i)``.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -606,6 +613,126 @@ def _check_knots(knots: np.ndarray, frequencies: np.ndarray) -> None:
         raise LTAUInputError("calibration knots must run from (0, 0) to (1, 1)")
 
 
+@dataclass(frozen=True)
+class DistanceWidening:
+    """Widen predicted error distributions as queries leave the training domain.
+
+    The factor on query ``i``'s error axis is ``w_i = (d_i / d_ref)^a * (g_i / g_ref)^b``:
+    ``d_i`` its OOD score, ``g_i`` the mean OOD score of its group (for a force field: the
+    atoms of one structure; without groups ``g_i = d_i`` and ``b = 0``). Expected error and
+    quantiles are multiplied by ``w_i``, and ``CDF(x) = F(x / w_i)``.
+
+    :meth:`fit` estimates ``a`` and ``b`` on validation data by least squares of
+    ``log(observed / expected)`` on ``[1, log d, log g]`` (``expected``: the raw expected
+    error), i.e. how the observed error grows with distance beyond what the neighbours'
+    distributions predict. An exponent that comes out negative is set to 0 and the other
+    refitted, so the distributions only widen with distance. ``d_ref`` and ``g_ref`` are the
+    validation medians; the overall scale is left to the calibrator fitted afterwards.
+    """
+
+    exponent: float
+    group_exponent: float
+    reference: float
+    group_reference: float
+
+    kind: ClassVar[str] = "distance_widening"
+
+    def __post_init__(self) -> None:
+        for name in ("exponent", "group_exponent"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 <= value < np.inf):
+                raise LTAUInputError(f"{name} must be a finite number >= 0; got {value!r}")
+        for name in ("reference", "group_reference"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 < value < np.inf):
+                raise LTAUInputError(f"{name} must be a finite number > 0; got {value!r}")
+
+    @classmethod
+    def fit(
+        cls,
+        ood_score: np.ndarray,
+        group_score: np.ndarray | None,
+        expected: np.ndarray,
+        observed: np.ndarray,
+    ) -> DistanceWidening:
+        """Fit on validation arrays, each ``(n,)``: OOD scores, group OOD scores (or None),
+        raw expected errors and observed errors (same unit as the expected ones)."""
+        observed = checked_errors(observed, "observed errors")
+        n = observed.size
+        ood_score = _positive_values(ood_score, "OOD scores", n)
+        expected = _positive_values(expected, "expected errors", n)
+        group_score = (
+            ood_score
+            if group_score is None
+            else _positive_values(group_score, "group OOD scores", n)
+        )
+        positive = observed > 0
+        if np.count_nonzero(positive) < 3:
+            raise LTAUInputError("fitting the distance widening needs 3 or more positive errors")
+        target = np.log(observed[positive] / expected[positive])
+        features = {
+            "exponent": np.log(ood_score[positive]),
+            "group_exponent": np.log(group_score[positive]),
+        }
+        if group_score is ood_score:
+            features.pop("group_exponent")
+        exponents = _nonnegative_least_squares(target, features)
+        return cls(
+            exponent=exponents.get("exponent", 0.0),
+            group_exponent=exponents.get("group_exponent", 0.0),
+            reference=float(np.median(ood_score)),
+            group_reference=float(np.median(group_score)),
+        )
+
+    def factors(self, ood_score: np.ndarray, group_score: np.ndarray | None) -> np.ndarray:
+        """``w_i`` for OOD scores and group scores, each ``(n,)`` (``None``: no groups)."""
+        ood_score = np.maximum(np.asarray(ood_score, dtype=np.float64), _MIN_SCORE)
+        group_score = ood_score if group_score is None else np.asarray(group_score, np.float64)
+        return (ood_score / self.reference) ** self.exponent * (
+            np.maximum(group_score, _MIN_SCORE) / self.group_reference
+        ) ** self.group_exponent
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "format_version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DistanceWidening:
+        _check_header(data, cls.kind)
+        try:
+            return cls(**{field.name: data[field.name] for field in fields(cls)})
+        except KeyError as exc:
+            raise LTAUInputError(f"distance widening data lacks {exc}") from exc
+
+
+_MIN_SCORE = 1e-12
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.floating | np.integer) and not isinstance(value, bool)
+
+
+def _positive_values(values: Any, name: str, n: int) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    if array.shape != (n,):
+        raise LTAUInputError(f"{name} must have shape ({n},); got {array.shape}")
+    if not np.all(np.isfinite(array)) or np.any(array < 0):
+        raise LTAUInputError(f"{name} must be finite and non-negative")
+    return np.maximum(array, _MIN_SCORE)
+
+
+def _nonnegative_least_squares(target: np.ndarray, features: dict[str, np.ndarray]) -> dict:
+    """Least-squares slopes of ``target`` on ``features`` (with an intercept), dropping any
+    feature whose slope is negative and refitting the rest; dropped features get 0."""
+    names = list(features)
+    while names:
+        design = np.column_stack([np.ones_like(target), *(features[name] for name in names)])
+        slopes = np.linalg.lstsq(design, target, rcond=None)[0][1:]
+        if np.all(slopes >= 0):
+            return {name: float(slope) for name, slope in zip(names, slopes, strict=True)}
+        names.pop(int(np.argmin(slopes)))
+    return {}
+
+
 def _check_header(data: Any, kind: str) -> None:
     if not isinstance(data, dict):
         raise LTAUInputError(f"calibrator data must be a dict; got {type(data).__name__}")
@@ -640,6 +767,7 @@ def calibrator_from_dict(data: dict[str, Any]) -> ErrorScaleCalibrator | Isotoni
 __all__ = [
     "DEFAULT_LEVELS",
     "Calibrator",
+    "DistanceWidening",
     "ErrorScaleCalibrator",
     "IsotonicCalibrator",
     "calibrator_from_dict",

@@ -97,6 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.set_defaults(handler=_run_fit)
 
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="fit the distance widening and calibration map on validation data",
+        description="Fit, on a validation split (never a test set), how errors grow with the "
+        "distance to the training set (atom and, with --groups, structure OOD scores) and a "
+        "recalibration map; write the calibrated estimator.",
+    )
+    calibrate.add_argument("estimator", type=Path, help="estimator file written by 'ltau fit'")
+    calibrate.add_argument("--descriptors", type=Path, required=True, help="(n, dim) .npy")
+    calibrate.add_argument("--errors", type=Path, required=True, help="(n,) observed errors .npy")
+    calibrate.add_argument("--groups", type=Path, help="(n,) integer group labels .npy")
+    calibrate.add_argument("--method", choices=("isotonic", "scale"), default="isotonic")
+    calibrate.add_argument(
+        "--no-widening", action="store_true", help="calibrate without the distance widening"
+    )
+    calibrate.add_argument("-o", "--output", type=Path, required=True, help="estimator (.h5)")
+    calibrate.set_defaults(handler=_run_calibrate)
+
     predict = commands.add_parser(
         "predict",
         help="predict error statistics for query descriptors",
@@ -106,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("estimator", type=Path, help="estimator file written by 'ltau fit'")
     predict.add_argument("--descriptors", type=Path, required=True, help="(n_queries, dim) .npy")
+    predict.add_argument(
+        "--groups", type=Path, help="(n_queries,) integer group labels .npy (e.g. structures)"
+    )
     predict.add_argument("-o", "--output", type=Path, required=True, help=".csv, .npy or .npz")
     predict.add_argument("--atol", type=float, nargs="+", help="tolerances for P(error > atol)")
     predict.add_argument("--quantiles", type=float, nargs="+", help="quantile levels in [0, 1]")
@@ -190,6 +211,29 @@ def _run_fit(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}: {estimator!r} on {descriptors.shape[0]} samples")
 
 
+def _run_calibrate(args: argparse.Namespace) -> None:
+    check_output_path(args.output)
+    estimator = LTAUEstimator.load(args.estimator)
+    estimator.calibrate(
+        load_npy(args.descriptors),
+        load_npy(args.errors),
+        args.method,
+        groups=load_npy(args.groups) if args.groups else None,
+        widen=not args.no_widening,
+    )
+    estimator.save(args.output, metadata=estimator.metadata_)
+    widening = estimator.widening_
+    print(
+        f"wrote {args.output}: {args.method} calibration"
+        + (
+            f", distance widening exponents {widening.exponent:.3g} (atom) and "
+            f"{widening.group_exponent:.3g} (group)"
+            if widening is not None
+            else ", no distance widening"
+        )
+    )
+
+
 def _run_predict(args: argparse.Namespace) -> None:
     suffix = args.output.suffix.lower()
     if suffix not in (".csv", ".npy", ".npz"):
@@ -200,6 +244,7 @@ def _run_predict(args: argparse.Namespace) -> None:
     estimator = LTAUEstimator.load(args.estimator)
     prediction = estimator.predict(
         load_npy(args.descriptors),
+        groups=load_npy(args.groups) if args.groups else None,
         atol=args.atol,
         quantiles=args.quantiles,
         confidence=args.confidence,

@@ -8,6 +8,12 @@ Scalar outputs are linear in the neighbours' distributions, so they are computed
 per-sample statistics precomputed once (expected error at fit time, exceedance once per
 ``atol``) and never gather ``k x n_bins`` arrays; quantiles, intervals and the full PDF need
 the mixture and are computed in batches of queries.
+
+After :meth:`LTAUEstimator.calibrate`, predictions are also widened with the distance to the
+training set (:class:`ltau.calibration.DistanceWidening`): each query's error axis is scaled by
+a factor that grows with its OOD score and, when ``groups`` are given (the atoms of one
+structure), with its group's mean OOD score; the calibration map then acts on the widened
+distributions.
 """
 
 from __future__ import annotations
@@ -31,16 +37,22 @@ from ltau._io import (
     write_array,
 )
 from ltau._validation import as_float_matrix, as_probabilities, positive_int
-from ltau.calibration import ErrorScaleCalibrator, IsotonicCalibrator, calibrator_from_dict
+from ltau.calibration import (
+    DistanceWidening,
+    ErrorScaleCalibrator,
+    IsotonicCalibrator,
+    calibrator_from_dict,
+)
 from ltau.distributions import (
     Bins,
     ErrorDistributions,
+    cdf_at,
     read_distributions_group,
     write_distributions_group,
 )
 from ltau.distributions import quantiles as mixture_quantiles
 from ltau.exceptions import LTAUFileError, LTAUInputError
-from ltau.metrics import probability_integral_transform
+from ltau.metrics import checked_errors, probability_integral_transform
 from ltau.search import NeighborIndex
 
 ESTIMATOR_FORMAT = "ltau-estimator"
@@ -52,7 +64,9 @@ _ESTIMATOR_ATTRIBUTES = (
     "index_kind",
     "index_params",
     "calibration",
+    "widening",
 )
+_ESTIMATOR_ATTRIBUTES_V1 = _ESTIMATOR_ATTRIBUTES[:-1]
 Weighting = Literal["uniform", "distance"]
 _MIN_DISTANCE = 1e-12
 _MIXTURE_FLOATS = 1 << 22
@@ -197,6 +211,7 @@ class LTAUEstimator:
         self.sample_expected_error_ = distributions.expected_error()
         self._exceedance_cache: dict[float, np.ndarray] = {}
         self.calibrator_ = None
+        self.widening_: DistanceWidening | None = None
 
     @property
     def n_features_in_(self) -> int:
@@ -236,6 +251,7 @@ class LTAUEstimator:
         self,
         descriptors: np.ndarray,
         *,
+        groups: np.ndarray | None = None,
         atol: float | Sequence[float] | None = None,
         quantiles: float | Sequence[float] | None = None,
         confidence: float | None = None,
@@ -245,6 +261,9 @@ class LTAUEstimator:
     ) -> LTAUPrediction:
         """Predicted error statistics for query ``descriptors`` ``(n, dim)``.
 
+        ``groups``: optional integer label per query ``(n,)`` (e.g. the structure each atom
+        belongs to); queries with one label share a group OOD score, the mean of their OOD
+        scores, which widens the calibrated distributions (see :meth:`calibrate`).
         ``atol``: tolerances for ``P(error > atol)``; ``quantiles``: levels in [0, 1];
         ``confidence``: level of a central interval (e.g. 0.9); ``return_pdf``: include the
         mixture density (on the training bins, scaled by the calibration if any);
@@ -263,17 +282,32 @@ class LTAUEstimator:
             "confidence": confidence,
             "return_pdf": return_pdf,
         }
-        self._check_prediction_options(**options)
-        options["calibrated"] = calibrated
+        atol_values, levels, confidence = self._check_prediction_options(**options)
+        group_ids = _group_ids(groups, data.shape[0])
         starts = range(0, data.shape[0], self.batch_size)
         if progress:
             starts = tqdm(starts, desc="predicting", unit="batch")
-        parts = []
-        for start in starts:
-            distances, indices = neighbor_index.search(
-                data[start : start + self.batch_size], self.n_neighbors
+        batches = [
+            (start, *neighbor_index.search(data[start : start + self.batch_size], self.n_neighbors))
+            for start in starts
+        ]
+        group_scores = None
+        if group_ids is not None:
+            ood_scores = np.concatenate([_ood_scores(distances) for _, distances, _ in batches])
+            group_scores = _group_means(ood_scores, group_ids)
+        parts = [
+            self._aggregate(
+                distances,
+                indices,
+                None if group_scores is None else group_scores[start : start + len(indices)],
+                atol_values,
+                levels,
+                confidence,
+                return_pdf,
+                calibrated,
             )
-            parts.append(self.predict_from_neighbors(distances, indices, **options))
+            for start, distances, indices in batches
+        ]
         return LTAUPrediction.concatenate(parts)
 
     def predict_from_neighbors(
@@ -281,6 +315,7 @@ class LTAUEstimator:
         distances: np.ndarray,
         indices: np.ndarray,
         *,
+        groups: np.ndarray | None = None,
         atol: float | Sequence[float] | None = None,
         quantiles: float | Sequence[float] | None = None,
         confidence: float | None = None,
@@ -290,7 +325,7 @@ class LTAUEstimator:
         """The aggregation step of :meth:`predict`, given the neighbours already found.
 
         ``distances`` (Euclidean, inf where missing) and ``indices`` (-1 where missing) have
-        shape ``(n, k)``, as returned by :meth:`kneighbors`.
+        shape ``(n, k)``, as returned by :meth:`kneighbors`; ``groups`` as in :meth:`predict`.
         """
         self._fitted_index()
         atol_values, levels, confidence = self._check_prediction_options(
@@ -302,12 +337,44 @@ class LTAUEstimator:
             raise LTAUInputError(
                 f"distances {distances.shape} and indices {indices.shape} must both be (n, k)"
             )
+        group_ids = _group_ids(groups, distances.shape[0])
+        group_scores = None
+        if group_ids is not None:
+            self.neighbor_weights(distances)  # refuses queries without any neighbour
+            group_scores = _group_means(_ood_scores(distances), group_ids)
+        return self._aggregate(
+            distances,
+            indices,
+            group_scores,
+            atol_values,
+            levels,
+            confidence,
+            return_pdf,
+            calibrated,
+        )
+
+    def _aggregate(
+        self,
+        distances: np.ndarray,
+        indices: np.ndarray,
+        group_scores: np.ndarray | None,
+        atol_values: np.ndarray,
+        levels: np.ndarray,
+        confidence: float | None,
+        return_pdf: bool,
+        calibrated: bool,
+    ) -> LTAUPrediction:
+        """Neighbours ``(n, k)`` -> predicted statistics (options already validated)."""
         weights = self.neighbor_weights(distances)
         safe = np.maximum(indices, 0)
-        found = np.isfinite(distances)
+        ood_scores = _ood_scores(distances)
         calibrator = self.calibrator_ if calibrated else None
+        factors = None
+        if calibrator is not None and self.widening_ is not None:
+            factors = self.widening_.factors(ood_scores, group_scores)
         needs_mixture = bool(levels.size) or confidence is not None or return_pdf
         needs_mixture |= calibrator is not None and not calibrator.expected_error_is_linear
+        needs_mixture |= factors is not None and bool(atol_values.size)
         mixture = self._mixture(weights, safe) if needs_mixture else None
         expected = np.sum(weights * self.sample_expected_error_[safe], axis=1)
         if calibrator is not None:
@@ -316,9 +383,10 @@ class LTAUEstimator:
                 if calibrator.expected_error_is_linear
                 else calibrator.expected_error(mixture, self.bins)
             )
+        widened = (lambda values: values) if factors is None else (lambda values: values * factors)
         prediction = LTAUPrediction(
-            expected_error=expected,
-            ood_score=np.sum(np.where(found, distances, 0.0), axis=1) / found.sum(axis=1),
+            expected_error=widened(expected),
+            ood_score=ood_scores,
             neighbor_indices=indices,
             neighbor_distances=distances,
             atol=tuple(float(value) for value in atol_values),
@@ -327,7 +395,17 @@ class LTAUEstimator:
             bins=self.bins,
             calibrated=calibrator is not None,
         )
-        if atol_values.size:
+        if atol_values.size and factors is not None:
+            prediction.exceedance = np.stack(
+                [
+                    calibrator.exceedance_from_raw(
+                        1.0 - cdf_at(mixture, self.bins, float(value) / factors)
+                    )
+                    for value in np.atleast_1d(calibrator.raw_tolerance(atol_values))
+                ],
+                axis=1,
+            )
+        elif atol_values.size:
             raw_atol = atol_values if calibrator is None else calibrator.raw_tolerance(atol_values)
             exceedance = np.stack(
                 [
@@ -341,19 +419,35 @@ class LTAUEstimator:
             prediction.exceedance = exceedance
         if levels.size:
             prediction.quantiles = self._quantiles(mixture, levels, calibrator)
+            if factors is not None:
+                prediction.quantiles *= factors[:, None]
         if confidence is not None:
             bounds = self._quantiles(
                 mixture, np.array([(1 - confidence) / 2, (1 + confidence) / 2]), calibrator
             )
-            prediction.interval_lower, prediction.interval_upper = bounds[:, 0], bounds[:, 1]
+            prediction.interval_lower = widened(bounds[:, 0])
+            prediction.interval_upper = widened(bounds[:, 1])
         if return_pdf:
-            mass, bins = (
-                (mixture, self.bins)
-                if calibrator is None
-                else calibrator.rebinned(mixture, self.bins)
-            )
+            if calibrator is None:
+                mass, bins = mixture, self.bins
+            elif factors is None:
+                mass, bins = calibrator.rebinned(mixture, self.bins)
+            else:
+                mass, bins = self._widened_mass(mixture, calibrator, factors)
             prediction.pdf, prediction.bins = mass / bins.widths, bins
         return prediction
+
+    def _widened_mass(
+        self, mixture: np.ndarray, calibrator, factors: np.ndarray
+    ) -> tuple[np.ndarray, Bins]:
+        """The widened, calibrated distributions as mass on the calibrator's bins: bin ``j``
+        gets its exact probability; what lies beyond the end edges is put in the end bins."""
+        bins = calibrator.calibrated_bins(self.bins)
+        cdf = np.stack(
+            [calibrator.cdf(mixture, self.bins, edge / factors) for edge in bins.edges], axis=1
+        )
+        cdf[:, 0], cdf[:, -1] = 0.0, 1.0
+        return np.diff(cdf, axis=1), bins
 
     def _quantiles(self, mixture: np.ndarray, levels: np.ndarray, calibrator) -> np.ndarray:
         if calibrator is None:
@@ -363,37 +457,66 @@ class LTAUEstimator:
 
     # ------------------------------------------------------------- calibration
     def calibrate(
-        self, descriptors: np.ndarray, errors: np.ndarray, method: str = "isotonic"
+        self,
+        descriptors: np.ndarray,
+        errors: np.ndarray,
+        method: str = "isotonic",
+        *,
+        groups: np.ndarray | None = None,
+        widen: bool = True,
     ) -> LTAUEstimator:
         """Fit a recalibration map on held-out data (never the test set); returns ``self``.
 
         ``descriptors`` ``(n, dim)`` and observed ``errors`` ``(n,)`` (>= 0, the unit of the
-        recorded errors) of a validation split. ``method``: ``"scale"`` (one factor on the
-        error axis) or ``"isotonic"`` (scale, then an isotonic map of CDF levels; Kuleshov et
-        al. 2018). Afterwards ``predict`` returns calibrated statistics unless
-        ``calibrated=False``; the map is saved with the estimator.
+        recorded errors) of a validation split, with optional ``groups`` ``(n,)`` as in
+        :meth:`predict`. ``widen``: first fit a :class:`~ltau.calibration.DistanceWidening`
+        (how errors grow with the OOD score and the group's OOD score). ``method``:
+        ``"scale"`` (one factor on the error axis) or ``"isotonic"`` (scale, then an isotonic
+        map of CDF levels; Kuleshov et al. 2018), fitted on the widened distributions.
+        Afterwards ``predict`` returns calibrated statistics unless ``calibrated=False``; the
+        maps are saved with the estimator.
         """
         calibrators = {"scale": ErrorScaleCalibrator, "isotonic": IsotonicCalibrator}
         if method not in calibrators:
             raise LTAUInputError(
                 f"unknown calibration method {method!r}; use 'scale' or 'isotonic'"
             )
-        raw = self.predict(descriptors, return_pdf=True, calibrated=False)
+        if not isinstance(widen, bool):
+            raise LTAUInputError(f"widen must be True or False; got {widen!r}")
+        raw = self.predict(descriptors, groups=groups, return_pdf=True, calibrated=False)
         mass = raw.pdf * self.bins.widths
+        errors = _observed_errors(errors, mass.shape[0])
+        widening = None
+        if widen:
+            group_ids = _group_ids(groups, mass.shape[0])
+            group_scores = None if group_ids is None else _group_means(raw.ood_score, group_ids)
+            widening = DistanceWidening.fit(raw.ood_score, group_scores, raw.expected_error, errors)
+            errors = errors / widening.factors(raw.ood_score, group_scores)
         self.calibrator_ = calibrators[method]().fit(mass, self.bins, errors)
+        self.widening_ = widening
         return self
 
     def probability_integral_transform(
-        self, descriptors: np.ndarray, errors: np.ndarray, *, calibrated: bool = True
+        self,
+        descriptors: np.ndarray,
+        errors: np.ndarray,
+        *,
+        groups: np.ndarray | None = None,
+        calibrated: bool = True,
     ) -> np.ndarray:
         """``CDF_i(error_i)`` of each query's predicted distribution, ``(n,)``; uniform on
-        [0, 1] for calibrated predictions."""
-        raw = self.predict(descriptors, return_pdf=True, calibrated=False)
+        [0, 1] for calibrated predictions. ``groups`` as in :meth:`predict`."""
+        raw = self.predict(descriptors, groups=groups, return_pdf=True, calibrated=False)
         mass = raw.pdf * self.bins.widths
         calibrator = self.calibrator_ if calibrated else None
-        if calibrator is not None:
-            return calibrator.pit(mass, self.bins, errors)
-        return probability_integral_transform(mass, self.bins, errors)
+        if calibrator is None:
+            return probability_integral_transform(mass, self.bins, errors)
+        errors = _observed_errors(errors, mass.shape[0])
+        if self.widening_ is not None:
+            group_ids = _group_ids(groups, mass.shape[0])
+            group_scores = None if group_ids is None else _group_means(raw.ood_score, group_ids)
+            errors = errors / self.widening_.factors(raw.ood_score, group_scores)
+        return calibrator.pit(mass, self.bins, errors)
 
     @staticmethod
     def _check_prediction_options(
@@ -450,6 +573,8 @@ class LTAUEstimator:
             handle.attrs["index_params"] = json.dumps(neighbor_index.params)
             calibration = self.calibrator_.to_dict() if self.calibrator_ is not None else None
             handle.attrs["calibration"] = json.dumps(calibration)
+            widening = self.widening_.to_dict() if self.widening_ is not None else None
+            handle.attrs["widening"] = json.dumps(widening)
             sign_attributes(handle, _ESTIMATOR_ATTRIBUTES)
             write_distributions_group(handle.create_group("distributions"), self.distributions_)
             write_array(handle.create_group("index"), "faiss", neighbor_index.serialize())
@@ -462,7 +587,12 @@ class LTAUEstimator:
         :class:`LTAUFileError` before anything is deserialised.
         """
         with open_checked(path, ESTIMATOR_FORMAT) as handle, reading(path):
-            attributes = read_attributes(handle, _ESTIMATOR_ATTRIBUTES, path)
+            names = (
+                _ESTIMATOR_ATTRIBUTES_V1
+                if int(handle.attrs["format_version"]) == 1
+                else _ESTIMATOR_ATTRIBUTES
+            )
+            attributes = read_attributes(handle, names, path)
             if "distributions" not in handle:
                 raise LTAUFileError(f"{path} is missing the group 'distributions'")
             distributions = read_distributions_group(handle["distributions"], path)
@@ -491,6 +621,9 @@ class LTAUEstimator:
             calibration = json.loads(attributes["calibration"])
             if calibration is not None:
                 estimator.calibrator_ = calibrator_from_dict(calibration)
+            widening = json.loads(attributes.get("widening", "null"))
+            if widening is not None:
+                estimator.widening_ = DistanceWidening.from_dict(widening)
         except (TypeError, ValueError, LTAUInputError) as exc:
             raise LTAUFileError(f"{path}: the stored calibration is invalid: {exc}") from exc
         return estimator
@@ -508,6 +641,43 @@ class LTAUEstimator:
     def __repr__(self) -> str:
         settings = ", ".join(f"{name}={value!r}" for name, value in self.get_params().items())
         return f"LTAUEstimator({settings})"
+
+
+def _observed_errors(errors: np.ndarray, n_queries: int) -> np.ndarray:
+    """Validated observed errors, one per query (``(n_queries,)``, finite, >= 0)."""
+    errors = checked_errors(errors, "errors")
+    if errors.size != n_queries:
+        raise LTAUInputError(
+            f"errors has {errors.size} entries but there are {n_queries} descriptor rows"
+        )
+    return errors
+
+
+def _ood_scores(distances: np.ndarray) -> np.ndarray:
+    """Mean Euclidean distance to the neighbours found, ``(n,)`` from ``(n, k)``."""
+    found = np.isfinite(distances)
+    with np.errstate(invalid="ignore", divide="ignore"):  # no neighbour: refused by the caller
+        return np.sum(np.where(found, distances, 0.0), axis=1) / found.sum(axis=1)
+
+
+def _group_ids(groups: np.ndarray | None, n: int) -> np.ndarray | None:
+    """Validated integer group labels ``(n,)``, or None."""
+    if groups is None:
+        return None
+    labels = np.asarray(groups)
+    if labels.shape != (n,):
+        raise LTAUInputError(
+            f"groups must have one label per query, shape ({n},); got {labels.shape}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise LTAUInputError(f"groups must be integer labels; got dtype {labels.dtype}")
+    return labels
+
+
+def _group_means(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each query's group mean of ``values``, ``(n,)``."""
+    _, inverse = np.unique(labels, return_inverse=True)
+    return (np.bincount(inverse, values) / np.bincount(inverse))[inverse]
 
 
 def _tolerances(atol: float | Sequence[float] | None) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 Choices that affect uncertainty quality are made on a validation split carved from the
 training set (never on a test set): k is chosen by the Spearman correlation of predicted and
-true per-atom force errors on it, the calibration map is fitted on it, and the error tolerance
-``atol`` used for exceedance flags is its 90th percentile of true errors.
+true per-atom force errors on it, the distance widening (how errors grow with the atom's and
+its structure's distance to the training set) and the calibration map are fitted on it, and
+the error tolerance ``atol`` used for exceedance flags is its 90th percentile of true errors.
 
 Per-atom quantities: true error ``||F_pred - F_ref||_2`` (eV/Å); predicted expected error
 (eV/Å); exceedance ``P(error > atol)``; OOD score = mean Euclidean distance to the k nearest
@@ -105,7 +106,10 @@ def run_forcefield_pipeline(
     validation_eval = evaluate_mace(trained, validation)
     estimator, spearman_by_k = _choose_k(fit_eval.descriptors, distributions, validation_eval)
     estimator.calibrate(
-        validation_eval.descriptors, validation_eval.force_errors, method=config.calibration
+        validation_eval.descriptors,
+        validation_eval.force_errors,
+        method=config.calibration,
+        groups=validation.index.configuration_of_atoms,
     )
     atol = float(np.quantile(validation_eval.force_errors, ATOL_QUANTILE))
     estimator.save(
@@ -118,11 +122,16 @@ def run_forcefield_pipeline(
     in_domain_ood = None
     for name, structures in tests.items():
         evaluation = evaluate_mace(trained, structures, progress=True)
-        prediction = estimator.predict(evaluation.descriptors, atol=atol, confidence=CONFIDENCE)
+        groups = structures.index.configuration_of_atoms
+        prediction = estimator.predict(
+            evaluation.descriptors, groups=groups, atol=atol, confidence=CONFIDENCE
+        )
         observed = evaluation.force_errors
         pit = None
         if observed is not None:
-            pit = estimator.probability_integral_transform(evaluation.descriptors, observed)
+            pit = estimator.probability_integral_transform(
+                evaluation.descriptors, observed, groups=groups
+            )
             raw_pit = estimator.probability_integral_transform(
                 evaluation.descriptors, observed, calibrated=False
             )

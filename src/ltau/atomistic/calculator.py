@@ -10,6 +10,9 @@ the estimator against the model, turns the descriptors into LTAU's per-atom resu
 * ``ltau_p_exceed``: probability that an atom's force error exceeds ``atol`` (eV/Å),
 * ``ltau_ood_score``: mean Euclidean distance to the k nearest training atoms.
 
+The structure's atoms form one group, so a calibrated estimator widens the distributions with
+the structure's mean OOD score too (see :meth:`ltau.estimator.LTAUEstimator.calibrate`).
+
 They are also copied into ``atoms.arrays`` of the calculated structure, because ASE's extxyz
 writer only keeps result names it knows: ``ase.io.write(path, atoms, format="extxyz")`` then
 keeps them as per-atom columns.
@@ -91,7 +94,10 @@ class LTAUCalculatorBase(Calculator):
     ) -> None:
         super().calculate(atoms, properties, system_changes)
         output = self.evaluate_model(self.atoms, compute_stress=bool(self.atoms.pbc.all()))
-        prediction = self.estimator.predict(output.descriptors, atol=self.atol)
+        n_atoms = len(output.descriptors)
+        prediction = self.estimator.predict(
+            output.descriptors, groups=np.zeros(n_atoms, dtype=np.int64), atol=self.atol
+        )
         self.results = {
             "energy": float(output.energy),
             "free_energy": float(output.energy),

@@ -39,6 +39,11 @@ class AtomIndex:
     def n_configs(self) -> int:
         return self.offsets.size - 1
 
+    @property
+    def configuration_of_atoms(self) -> np.ndarray:
+        """The configuration each atom belongs to, int64 ``(n_atoms,)`` (LTAU's ``groups``)."""
+        return np.repeat(np.arange(self.n_configs), np.diff(self.offsets))
+
     def ids_of(self, config: int) -> np.ndarray:
         """Global ids of configuration ``config``'s atoms."""
         return np.arange(self.offsets[config], self.offsets[config + 1])
