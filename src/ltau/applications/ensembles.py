@@ -4,8 +4,8 @@ Every method is turned into a per-atom predicted distribution of the force-error
 same bins, then given the same recalibration (fitted on the same validation split) and the same
 metrics:
 
-* ``ltau``: the kNN mixture of one model's training error distributions;
-* ``ltau_pooled``: the same with the M models' trajectories pooled per atom;
+* ``ltau``: one model's LTAU estimator, with its own distance widening and calibration (see
+  :func:`ltau.estimator.LTAUEstimator.calibrate`), in the same :class:`CalibratedTest` form;
 * ``ensemble``: the spread of the M members' force vectors,
   ``u = sqrt(mean_m ||F_m - F_mean||^2)`` (eV/Å), read as an isotropic Gaussian force error
   with ``E||e||^2 = u^2``, i.e. ``||e||`` Maxwell-distributed with scale ``u / sqrt(3)``;
