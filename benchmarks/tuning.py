@@ -105,6 +105,36 @@ def comparison_figure(per_seed: list[dict], seeds: list[int], path: Path) -> Non
     plt.close(figure)
 
 
+def collect(per_seed: list[dict], settings: dict, started: float) -> dict:
+    """Per-seed rows plus mean, std (ddof 1) and per-seed lists of every metric."""
+
+    def stats(run: str, key: str) -> dict:
+        values = np.array([row[run][key] for row in per_seed])
+        return {
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+            "per_seed": values.tolist(),
+        }
+
+    keys = list(per_seed[0]["baseline"])
+    return {
+        "settings": settings,
+        "seeds_done": [row["seed"] for row in per_seed],
+        "summary": {run: {key: stats(run, key) for key in keys} for run in ("baseline", "tuned")},
+        "per_seed": per_seed,
+        "wall_seconds": time.perf_counter() - started,
+    }
+
+
+def write_results(results: dict, output_dir: Path) -> None:
+    """results.json and the baseline-vs-tuned figure."""
+    with atomic_path(output_dir / "results.json") as temporary:
+        temporary.write_text(json.dumps(results, indent=2))
+    comparison_figure(
+        results["per_seed"], results["seeds_done"], output_dir / "baseline_vs_tuned.png"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="acac dataset folder")
@@ -132,6 +162,15 @@ def main(argv: list[str] | None = None) -> dict:
     strategy = TuningStrategy(power=args.power, drop_quantile=args.drop_quantile)
     skip = int(SKIP_FRACTION * args.epochs)
     groups = groups_from_sizes(np.diff(fit.index.offsets))
+    settings_record = {
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "strategy": asdict(strategy),
+        "skip_epochs": skip,
+        "atol_rule": f"{ATOL_QUANTILE:.0%} quantile of the baseline's validation force errors",
+        "n_fit_configs": len(fit.atoms),
+        "n_validation_configs": len(validation.atoms),
+    }
     per_seed = []
     with tempfile.TemporaryDirectory() as scratch:
         for seed in args.seeds:
@@ -182,34 +221,10 @@ def main(argv: list[str] | None = None) -> dict:
                 "tuned": tuned_summary,
             }
             per_seed.append(row)
+            # Written after every seed, so an interrupted run keeps the seeds it finished.
+            write_results(collect(per_seed, settings_record, started), args.output_dir)
             print(json.dumps({"seed": seed, "baseline": baseline_summary, "tuned": tuned_summary}))
-    comparison_figure(per_seed, args.seeds, args.output_dir / "baseline_vs_tuned.png")
-
-    def stats(run: str, key: str) -> dict:
-        values = np.array([row[run][key] for row in per_seed])
-        return {
-            "mean": float(values.mean()),
-            "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
-            "per_seed": values.tolist(),
-        }
-
-    keys = list(per_seed[0]["baseline"])
-    results = {
-        "settings": {
-            "epochs": args.epochs,
-            "seeds": args.seeds,
-            "strategy": asdict(strategy),
-            "skip_epochs": skip,
-            "atol_rule": f"{ATOL_QUANTILE:.0%} quantile of the baseline's validation force errors",
-            "n_fit_configs": len(fit.atoms),
-            "n_validation_configs": len(validation.atoms),
-        },
-        "summary": {run: {key: stats(run, key) for key in keys} for run in ("baseline", "tuned")},
-        "per_seed": per_seed,
-        "wall_seconds": time.perf_counter() - started,
-    }
-    with atomic_path(args.output_dir / "results.json") as temporary:
-        temporary.write_text(json.dumps(results, indent=2))
+    results = collect(per_seed, settings_record, started)
     summary = {"seeds": args.seeds, "epochs": args.epochs}
     for run in ("baseline", "tuned"):
         for name, key in [
