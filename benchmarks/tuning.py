@@ -145,6 +145,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--output-dir", type=Path, default=Path(__file__).parent / "results" / "tuning"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the seeds already in OUTPUT_DIR/results.json (same settings) and run the rest",
+    )
     args = parser.parse_args(argv)
     if not (args.data / "train_300K.xyz").exists():
         sys.exit(f"acac data not found in {args.data} (use --data)")
@@ -164,7 +169,6 @@ def main(argv: list[str] | None = None) -> dict:
     groups = groups_from_sizes(np.diff(fit.index.offsets))
     settings_record = {
         "epochs": args.epochs,
-        "seeds": args.seeds,
         "strategy": asdict(strategy),
         "skip_epochs": skip,
         "atol_rule": f"{ATOL_QUANTILE:.0%} quantile of the baseline's validation force errors",
@@ -172,8 +176,14 @@ def main(argv: list[str] | None = None) -> dict:
         "n_validation_configs": len(validation.atoms),
     }
     per_seed = []
+    if args.resume and (args.output_dir / "results.json").exists():
+        previous = json.loads((args.output_dir / "results.json").read_text())
+        if previous["settings"] != settings_record:
+            sys.exit("--resume: results.json was written with other settings")
+        per_seed = [row for row in previous["per_seed"] if row["seed"] in args.seeds]
+    done = {row["seed"] for row in per_seed}
     with tempfile.TemporaryDirectory() as scratch:
-        for seed in args.seeds:
+        for seed in (s for s in args.seeds if s not in done):
             settings = MACESettings(seed=seed)
             log = Path(scratch) / f"errors_seed{seed}.h5"
             with ErrorRecorder(fit.n_atoms, log_path=log) as recorder:
@@ -224,8 +234,9 @@ def main(argv: list[str] | None = None) -> dict:
             # Written after every seed, so an interrupted run keeps the seeds it finished.
             write_results(collect(per_seed, settings_record, started), args.output_dir)
             print(json.dumps({"seed": seed, "baseline": baseline_summary, "tuned": tuned_summary}))
+    per_seed.sort(key=lambda row: args.seeds.index(row["seed"]))
     results = collect(per_seed, settings_record, started)
-    summary = {"seeds": args.seeds, "epochs": args.epochs}
+    summary = {"seeds": results["seeds_done"], "epochs": args.epochs}
     for run in ("baseline", "tuned"):
         for name, key in [
             ("train_rmse", "train_force_rmse"),
