@@ -133,3 +133,17 @@ def test_stress_for_periodic_cells(trained):
     stress = atoms.get_stress()
     assert stress.shape == (6,) and np.all(np.isfinite(stress))
     assert atoms.calc.results["ltau_ood_score"].shape == (len(atoms),)
+
+
+def test_isolated_atom_energies_reader(tmp_path):
+    from ase import Atoms
+
+    from ltau.atomistic.structures import read_isolated_atom_energies
+
+    atoms = [Atoms("H", info={"REF_energy": -13.6}), Atoms("O", info={"REF_energy": -2042.0})]
+    ase.io.write(tmp_path / "e0s.xyz", atoms, format="extxyz")
+    e0s = read_isolated_atom_energies(tmp_path / "e0s.xyz", energy_key="REF_energy")
+    assert e0s == pytest.approx({1: -13.6, 8: -2042.0})
+    ase.io.write(tmp_path / "pair.xyz", Atoms("OH", info={"REF_energy": -1.0}), format="extxyz")
+    with pytest.raises(LTAUInputError, match="single-atom"):
+        read_isolated_atom_energies(tmp_path / "pair.xyz", energy_key="REF_energy")

@@ -14,6 +14,7 @@ import numpy as np
 from ltau import __version__
 from ltau._io import atomic_path, check_output_path, file_format
 from ltau.distributions import Bins, load_distributions, save_distributions
+from ltau.dynamics import DynamicsTable, groups_from_sizes, training_dynamics
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.recording import ErrorLog
@@ -27,6 +28,7 @@ Typical flow (errors recorded during training with ltau.ErrorRecorder):
   ltau fit --descriptors train_descriptors.npy --distributions distributions.h5 -o estimator.h5
   ltau predict estimator.h5 --descriptors query_descriptors.npy --atol 0.1 -o predictions.csv
   ltau describe estimator.h5
+  ltau dynamics errors.h5 -o map.csv --atol 0.1 --groups sizes.npy --figure map.png
 """
 
 
@@ -142,6 +144,47 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("file", type=Path)
     describe.set_defaults(handler=_run_describe)
 
+    dynamics = commands.add_parser(
+        "dynamics",
+        help="map every sample's training dynamics from a recorded error log",
+        description="Per sample, over the kept epochs: mean error, its std over epochs "
+        "(variability), fraction of epochs above atol, forgetting events (an epoch at or "
+        "below atol followed by one above), last-epoch error, recorded epochs. With --groups, "
+        "the same per group, from each group's RMS error per epoch (for per-atom force "
+        "errors: each configuration's force RMSE).",
+    )
+    dynamics.add_argument("log", type=Path, help="error log written by ltau.ErrorRecorder (HDF5)")
+    dynamics.add_argument("-o", "--output", type=Path, required=True, help="per-sample map (.csv)")
+    dynamics.add_argument(
+        "--atol", type=float, required=True, help="tolerance in error units (e.g. eV/Å)"
+    )
+    dynamics.add_argument(
+        "--skip-epochs", type=int, default=0, help="leave out each model's first N epochs"
+    )
+    dynamics.add_argument("--members", type=int, nargs="+", help="models to use (default: all)")
+    dynamics.add_argument(
+        "--groups",
+        type=Path,
+        help="group sizes, .npy of positive integers summing to the number of samples "
+        "(e.g. atoms per configuration, in order)",
+    )
+    dynamics.add_argument(
+        "--group-output",
+        type=Path,
+        help="per-group map (.csv; default: OUTPUT with suffix .groups.csv)",
+    )
+    dynamics.add_argument(
+        "--figure", type=Path, help="PNG: mean error vs variability (groups if given)"
+    )
+    dynamics.add_argument(
+        "--color-by",
+        choices=("forgetting_events", "exceed_fraction"),
+        default="forgetting_events",
+        help="colour of the figure's points",
+    )
+    dynamics.add_argument("--unit", default="eV/Å", help="error unit for the figure's axes")
+    dynamics.set_defaults(handler=_run_dynamics)
+
     demo = commands.add_parser(
         "demo",
         help="run LTAU end to end (MACE on a built-in EMT dataset, or your files) and report",
@@ -252,28 +295,86 @@ def _run_predict(args: argparse.Namespace) -> None:
         progress=True,
     )
     columns = prediction.columns()
-    with atomic_path(args.output) as temporary:
-        if suffix == ".csv":
-            with open(temporary, "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(columns)
-                writer.writerows(
-                    zip(*(values.tolist() for values in columns.values()), strict=True)
-                )
-        elif suffix == ".npy":
-            table = np.empty(len(prediction.expected_error), [(n, "f8") for n in columns])
-            for name, values in columns.items():
-                table[name] = values
-            with open(temporary, "wb") as handle:
+    if suffix == ".csv":
+        write_csv(args.output, columns)
+    else:
+        with atomic_path(args.output) as temporary, open(temporary, "wb") as handle:
+            if suffix == ".npy":
+                table = np.empty(len(prediction.expected_error), [(n, "f8") for n in columns])
+                for name, values in columns.items():
+                    table[name] = values
                 np.save(handle, table)
-        else:
-            arrays = dict(columns)
-            if prediction.pdf is not None:
-                arrays["pdf"] = prediction.pdf
-                arrays["bin_edges"] = estimator.bins.edges
-            with open(temporary, "wb") as handle:
+            else:
+                arrays = dict(columns)
+                if prediction.pdf is not None:
+                    arrays["pdf"] = prediction.pdf
+                    arrays["bin_edges"] = estimator.bins.edges
                 np.savez(handle, **arrays)
     print(f"wrote {args.output}: {len(prediction.expected_error)} queries, columns {list(columns)}")
+
+
+def _run_dynamics(args: argparse.Namespace) -> None:
+    outputs = [args.output]
+    if args.output.suffix.lower() != ".csv":
+        raise LTAUInputError(f"output must end in .csv; got {args.output.name!r}")
+    groups = None
+    if args.groups is not None:
+        groups = groups_from_sizes(load_npy(args.groups))
+        args.group_output = args.group_output or args.output.with_suffix(".groups.csv")
+        outputs.append(args.group_output)
+    elif args.group_output is not None:
+        raise LTAUInputError("--group-output needs --groups")
+    if args.figure is not None:
+        if args.figure.suffix.lower() != ".png":
+            raise LTAUInputError(f"the figure must be a .png; got {args.figure.name!r}")
+        outputs.append(args.figure)
+    for path in outputs:
+        check_output_path(path)
+    with ErrorLog(args.log) as log:
+        if groups is not None and groups.size != log.n_samples:
+            raise LTAUInputError(
+                f"the group sizes in {args.groups} sum to {groups.size} but {args.log} has "
+                f"{log.n_samples} samples"
+            )
+        result = training_dynamics(
+            log,
+            args.atol,
+            skip_epochs=args.skip_epochs,
+            members=args.members,
+            groups=groups,
+            progress=True,
+        )
+    sample_columns = result.samples.columns()
+    if groups is not None:
+        sample_columns = {"group": groups} | sample_columns
+    write_csv(args.output, sample_columns)
+    print(f"wrote {args.output}: {len(result.samples)} samples, columns {list(sample_columns)}")
+    if result.groups is not None:
+        write_csv(args.group_output, result.groups.columns())
+        print(f"wrote {args.group_output}: {len(result.groups)} groups")
+    if args.figure is not None:
+        try:
+            from ltau.report import plot_training_dynamics
+        except ImportError as exc:
+            raise LTAUInputError(f"--figure needs matplotlib (the 'demo' extra): {exc}") from exc
+        table: DynamicsTable = result.groups if result.groups is not None else result.samples
+        plot_training_dynamics(
+            table,
+            args.figure,
+            atol=result.atol,
+            color_by=args.color_by,
+            unit=args.unit,
+            title=f"training dynamics per {'group' if result.groups is not None else 'sample'}",
+        )
+        print(f"wrote {args.figure}")
+
+
+def write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
+    """Write named columns of equal length as a CSV file with a header row, atomically."""
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(zip(*(values.tolist() for values in columns.values()), strict=True))
 
 
 def _run_describe(args: argparse.Namespace) -> None:

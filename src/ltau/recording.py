@@ -275,6 +275,13 @@ class ErrorLog:
         """Yield each selected epoch's errors, float32 ``(n_samples,)``, NaN where not recorded."""
         yield from _iter_rows(self._file, self.rows(members))
 
+    def epoch_rows(self, rows: Sequence[int] | np.ndarray) -> Iterator[np.ndarray]:
+        """Yield the epochs at log row indices ``rows`` (see :meth:`rows`), each checked."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_epochs):
+            raise LTAUInputError(f"log rows must lie in [0, {self.n_epochs})")
+        yield from _iter_rows(self._file, rows)
+
     def to_array(self, members: Sequence[int] | None = None) -> np.ndarray:
         """All selected epochs in memory, float32 ``(n_epochs, n_samples)``; for small logs."""
         rows = self.rows(members)

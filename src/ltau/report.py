@@ -2,13 +2,15 @@
 
 Input per test set: observed per-sample errors, the predicted expected error, the central
 interval, PIT values of the observed errors under the predicted distributions, and the OOD
-score. Output: ``report.html`` next to PNG figures and ``metrics.json``.
+score. Output: ``report.html`` next to PNG figures and ``metrics.json``. Also the training-dynamics
+figure (:func:`plot_training_dynamics`).
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ltau._io import atomic_path
+from ltau.dynamics import DynamicsTable
+from ltau.exceptions import LTAUInputError
 
 
 @dataclass
@@ -156,3 +160,39 @@ def _distributions(output_dir: Path, sets: list[SetResults], kind: str, unit: st
     axis.set_title("true errors per set" if kind == "error" else "OOD score per set")
     axis.legend()
     return _save(figure, output_dir / f"{kind}_distributions.png")
+
+
+def plot_training_dynamics(
+    table: DynamicsTable,
+    path: str | os.PathLike,
+    *,
+    atol: float,
+    color_by: str = "forgetting_events",
+    unit: str = "eV/Å",
+    title: str = "training dynamics",
+) -> Path:
+    """Scatter of mean error against variability (std over epochs), coloured by ``color_by``
+    (a column of ``table``, e.g. ``forgetting_events`` or ``exceed_fraction``); one PNG."""
+    columns = table.columns()
+    if color_by not in columns:
+        raise LTAUInputError(f"color_by must be one of {list(columns)}; got {color_by!r}")
+    seen = table.n_epochs > 0
+    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    points = axis.scatter(
+        table.mean_error[seen],
+        table.error_std[seen],
+        c=columns[color_by][seen],
+        s=6,
+        alpha=0.7,
+        cmap="viridis",
+    )
+    figure.colorbar(points, ax=axis, label=color_by.replace("_", " "))
+    axis.axvline(atol, color="k", ls="--", lw=1, label=f"atol = {atol:.3g} {unit}")
+    axis.set_xscale("log")
+    axis.set_xlabel(f"mean error over epochs ({unit})")
+    axis.set_ylabel(f"error std over epochs ({unit})")
+    axis.set_title(title)
+    axis.legend(loc="upper left")
+    target = Path(path)
+    _save(figure, target)
+    return target

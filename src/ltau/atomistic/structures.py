@@ -140,6 +140,19 @@ def read_structures(
     return LabelledStructures(list(atoms_list), energies, forces)
 
 
+def read_isolated_atom_energies(
+    path: str | os.PathLike, *, energy_key: str = "energy"
+) -> dict[int, float]:
+    """E0s by atomic number (eV) from a file of single-atom structures with energies."""
+    isolated = read_structures(path, energy_key=energy_key, forces_key=None, require_forces=False)
+    if any(len(atoms) != 1 for atoms in isolated.atoms):
+        raise LTAUInputError(f"{path} must hold single-atom structures")
+    return {
+        int(atoms.numbers[0]): float(energy)
+        for atoms, energy in zip(isolated.atoms, isolated.energies, strict=True)
+    }
+
+
 def _labels(
     atoms_list: list[Atoms], key: str, kind: str, name: str, required: bool = True
 ) -> np.ndarray | list | None:

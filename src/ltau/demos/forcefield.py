@@ -8,8 +8,11 @@ from ase.data import atomic_numbers
 
 from ltau.applications.forcefield import PipelineConfig, run_forcefield_pipeline
 from ltau.atomistic.oracle import default_splits, isolated_atom_energies, write_extxyz
-from ltau.atomistic.structures import LabelledStructures, read_structures
-from ltau.exceptions import LTAUInputError
+from ltau.atomistic.structures import (
+    LabelledStructures,
+    read_isolated_atom_energies,
+    read_structures,
+)
 
 
 def run_emt_demo(output_dir: Path, config: PipelineConfig) -> dict:
@@ -57,13 +60,5 @@ def run_files(
         )
     e0s = None
     if isolated_atoms is not None:
-        isolated = read_structures(
-            isolated_atoms, energy_key=energy_key, forces_key=None, require_forces=False
-        )
-        if any(len(atoms) != 1 for atoms in isolated.atoms):
-            raise LTAUInputError(f"{isolated_atoms} must hold single-atom structures")
-        e0s = {
-            int(atoms.numbers[0]): float(energy)
-            for atoms, energy in zip(isolated.atoms, isolated.energies, strict=True)
-        }
+        e0s = read_isolated_atom_energies(isolated_atoms, energy_key=energy_key)
     return run_forcefield_pipeline(train, tests, output_dir, config, isolated_atom_energies=e0s)

@@ -140,19 +140,24 @@ def train_mace(
     isolated_atom_energies: dict[int, float] | None = None,
     recorder: ErrorRecorder | None = None,
     member: int = 0,
+    config_weights: np.ndarray | None = None,
     progress: bool = True,
 ) -> TrainedMACE:
     """Train a MACE model, recording every training atom's force error at every epoch.
 
     ``isolated_atom_energies``: E0s by atomic number (eV); without them they are fitted by
     least squares on the training energies. ``recorder`` must have one sample per training
-    atom; its epoch is closed with ``member``.
+    atom; its epoch is closed with ``member``. ``config_weights``: a loss weight per
+    configuration ``(n_configs,)``, finite, >= 0, not all 0 (mace's per-configuration
+    ``weight``, multiplying both the energy and the force terms; it replaces any
+    ``config_weight`` in ``atoms.info``); default: all 1.
     """
     settings = settings or MACESettings()
     if epochs < 1:
         raise LTAUInputError(f"epochs must be a positive integer; got {epochs}")
     if structures.forces is None:
         raise LTAUInputError("training structures need reference forces")
+    weights = _check_config_weights(config_weights, len(structures.atoms))
     if recorder is not None and recorder.n_samples != structures.n_atoms:
         raise LTAUInputError(
             f"the recorder has {recorder.n_samples} samples but the training set has "
@@ -161,7 +166,7 @@ def train_mace(
     torch.manual_seed(settings.seed)
     with default_dtype(settings.dtype):
         z_table = AtomicNumberTable(sorted(set(structures.atomic_numbers.tolist())))
-        dataset = _atomic_data(structures, z_table, settings.r_max)
+        dataset = _atomic_data(structures, z_table, settings.r_max, weights)
         generator = torch.Generator().manual_seed(settings.seed)
         loader = torch_geometric.dataloader.DataLoader(
             dataset, batch_size=settings.batch_size, shuffle=True, generator=generator
@@ -286,12 +291,45 @@ class LTAUCalculator(LTAUCalculatorBase):
         )
 
 
-def _atomic_data(structures: LabelledStructures, z_table: AtomicNumberTable, r_max: float) -> list:
-    """One mace ``AtomicData`` per configuration, carrying its atoms' global ``atom_ids``."""
+def _check_config_weights(weights: np.ndarray | None, n_configs: int) -> np.ndarray | None:
+    if weights is None:
+        return None
+    try:
+        array = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise LTAUInputError(f"config_weights must be numbers: {exc}") from exc
+    if array.shape != (n_configs,):
+        raise LTAUInputError(
+            f"config_weights needs one weight per configuration, shape ({n_configs},); "
+            f"got {array.shape}"
+        )
+    if not np.all(np.isfinite(array)):
+        raise LTAUInputError(
+            f"config_weights must be finite; entry {int(np.argmin(np.isfinite(array)))} is not"
+        )
+    if array.min() < 0:
+        raise LTAUInputError(
+            f"config_weights must be >= 0; entry {int(np.argmin(array))} is {array.min()}"
+        )
+    if not array.any():
+        raise LTAUInputError("config_weights are all zero: nothing would be trained on")
+    return array
+
+
+def _atomic_data(
+    structures: LabelledStructures,
+    z_table: AtomicNumberTable,
+    r_max: float,
+    config_weights: np.ndarray | None = None,
+) -> list:
+    """One mace ``AtomicData`` per configuration, carrying its atoms' global ``atom_ids``
+    (and, if given, its loss weight as mace's ``config_weight``)."""
     dataset = []
     for index, atoms in enumerate(structures.atoms):
         labelled = atoms.copy()
         labelled.calc = None
+        if config_weights is not None:
+            labelled.info["config_weight"] = float(config_weights[index])
         if structures.energies is not None:
             labelled.info[_ENERGY] = structures.energies[index]
         if structures.forces is not None:
