@@ -119,11 +119,11 @@ def test_bad_inputs(log_path, tmp_path):
         training_dynamics(log_path, ATOL, skip_epochs=9)
     with pytest.raises(LTAUInputError, match="members"):
         training_dynamics(log_path, ATOL, members=[4])
-    with pytest.raises(LTAUInputError, match="one group id per sample"):
+    with pytest.raises(LTAUInputError, match="one label per sample"):
         training_dynamics(log_path, ATOL, groups=np.zeros(19, int))
     with pytest.raises(LTAUInputError, match="non-negative"):
         training_dynamics(log_path, ATOL, groups=np.full(20, -1))
-    with pytest.raises(LTAUInputError, match="integers"):
+    with pytest.raises(LTAUInputError, match="integer labels"):
         training_dynamics(log_path, ATOL, groups=np.zeros(20))
     with pytest.raises(LTAUInputError, match="positive"):
         groups_from_sizes([3, 0, 2])

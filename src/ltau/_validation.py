@@ -77,3 +77,15 @@ def positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise LTAUInputError(f"{name} must be a positive integer; got {value!r}")
     return int(value)
+
+
+def group_labels(groups: object, n: int, what: str = "sample") -> np.ndarray:
+    """``groups`` as int64 labels, one per ``what`` (shape ``(n,)``), e.g. structure ids."""
+    array = np.asarray(groups)
+    if array.shape != (n,):
+        raise LTAUInputError(
+            f"groups must give one label per {what}, shape ({n},); got {array.shape}"
+        )
+    if not np.issubdtype(array.dtype, np.integer):
+        raise LTAUInputError(f"groups must be integer labels; got dtype {array.dtype}")
+    return array.astype(np.int64, copy=False)

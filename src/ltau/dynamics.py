@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from ltau._validation import positive_int
+from ltau._validation import group_labels, positive_int
 from ltau.exceptions import LTAUInputError
 from ltau.recording import ErrorLog
 
@@ -242,16 +242,10 @@ def _check_groups(
 ) -> tuple[np.ndarray | None, int]:
     if groups is None:
         return None, 0
-    array = np.asarray(groups)
-    if array.shape != (n_samples,):
-        raise LTAUInputError(
-            f"groups must give one group id per sample, shape ({n_samples},); got {array.shape}"
-        )
-    if not np.issubdtype(array.dtype, np.integer):
-        raise LTAUInputError(f"group ids must be integers; got dtype {array.dtype}")
+    array = group_labels(groups, n_samples)
     if array.min() < 0:
         raise LTAUInputError(f"group ids must be non-negative; found {int(array.min())}")
-    return array.astype(np.int64, copy=False), positive_int(int(array.max()) + 1, "n_groups")
+    return array, positive_int(int(array.max()) + 1, "n_groups")
 
 
 __all__ = ["DynamicsTable", "TrainingDynamics", "groups_from_sizes", "training_dynamics"]

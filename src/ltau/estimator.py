@@ -36,7 +36,7 @@ from ltau._io import (
     sign_attributes,
     write_array,
 )
-from ltau._validation import as_float_matrix, as_probabilities, positive_int
+from ltau._validation import as_float_matrix, as_probabilities, group_labels, positive_int
 from ltau.calibration import (
     DistanceWidening,
     ErrorScaleCalibrator,
@@ -662,16 +662,7 @@ def _ood_scores(distances: np.ndarray) -> np.ndarray:
 
 def _group_ids(groups: np.ndarray | None, n: int) -> np.ndarray | None:
     """Validated integer group labels ``(n,)``, or None."""
-    if groups is None:
-        return None
-    labels = np.asarray(groups)
-    if labels.shape != (n,):
-        raise LTAUInputError(
-            f"groups must have one label per query, shape ({n},); got {labels.shape}"
-        )
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise LTAUInputError(f"groups must be integer labels; got dtype {labels.dtype}")
-    return labels
+    return None if groups is None else group_labels(groups, n, "query")
 
 
 def _group_means(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
