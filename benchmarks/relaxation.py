@@ -346,13 +346,14 @@ def figures(rows: list[dict], failed: np.ndarray, output_dir: Path) -> None:
     fig.savefig(output_dir / "final_predicted_vs_true.png", dpi=120)
     plt.close(fig)
 
-    picks = [i for i in np.flatnonzero(seen)[:2]] + [i for i in np.flatnonzero(~seen)[:2]]
-    picks += [int(np.flatnonzero(failed)[0])] if failed.any() else []
+    # the first two relaxations of each group, and the first two failures among the rest
+    picks = [*np.flatnonzero(seen)[:2], *np.flatnonzero(~seen)[:2]]
+    picks += [i for i in np.flatnonzero(failed) if i not in picks][:2]
     fig, axes = plt.subplots(1, len(picks), figsize=(3.3 * len(picks), 3.2), squeeze=False)
-    for ax, index in zip(axes[0], dict.fromkeys(picks), strict=False):
+    for ax, index in zip(axes[0], picks, strict=True):
         row = rows[index]
-        ax.plot(row["true_max_error_path"], label="true (EMT)")
-        ax.plot(row["predicted_max_error_path"], label="LTAU expected")
+        ax.plot(row["true_max_error_path"], ".-", ms=3, label="true (EMT)")
+        ax.plot(row["predicted_max_error_path"], ".-", ms=3, label="LTAU expected")
         ax.set_title(f"{row['metal']}+{row['adsorbate']} ({'seen' if row['seen'] else 'held out'})")
         ax.set_xlabel("step")
         ax.set_yscale("log")
