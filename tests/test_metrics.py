@@ -336,3 +336,20 @@ def test_mass_tolerates_mixture_rounding():
     mass = random_mass(rng, 30, LOG_BINS.n_bins)
     mixture = np.mean(np.stack([mass, mass[::-1]]), axis=0)
     assert np.isfinite(metrics.crps_histogram(mixture, LOG_BINS, expected_value(mixture, LOG_BINS)))
+
+
+def test_precision_at_recall_counts_the_flagged_samples():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+    labels = np.array([1, 0, 1, 1, 0, 1, 0], dtype=bool)
+    # recall 0.75 of 4 positives needs 3: flag down to 0.6 -> 3 of 4 flagged are positive
+    assert metrics.precision_at_recall(scores, labels, 0.75) == pytest.approx(3 / 4)
+    assert metrics.precision_at_recall(scores, labels, 1.0) == pytest.approx(4 / 6)
+    assert metrics.precision_at_recall(scores, labels, 0.2) == pytest.approx(1.0)
+    tied = np.array([1.0, 1.0, 1.0, 0.0])
+    assert metrics.precision_at_recall(tied, [1, 0, 0, 1], 0.5) == pytest.approx(1 / 3)
+    with pytest.raises(LTAUInputError, match="at least one positive"):
+        metrics.precision_at_recall(scores, np.zeros(7, dtype=bool), 0.8)
+    with pytest.raises(LTAUInputError, match="recall must lie in"):
+        metrics.precision_at_recall(scores, labels, 0.0)
+    with pytest.raises(LTAUInputError, match="equal length"):
+        metrics.precision_at_recall(scores, labels[:3], 0.8)

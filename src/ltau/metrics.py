@@ -7,7 +7,8 @@ equal length; metrics of full predicted distributions take probability *mass* of
 each bin, piecewise-linear CDF. Each returns a float or a small dict of arrays and raises
 :class:`~ltau.exceptions.LTAUInputError` on empty, non-finite or mismatched input.
 
-Ranking: :func:`spearman`, :func:`auroc`, :func:`sparsification_curve`, :func:`ause`.
+Ranking: :func:`spearman`, :func:`auroc`, :func:`precision_at_recall`,
+:func:`sparsification_curve`, :func:`ause`.
 Calibration: :func:`probability_integral_transform`, :func:`calibration_curve`,
 :func:`miscalibration_area`, :func:`interval_coverage`, :func:`binned_error_calibration`,
 :func:`expected_normalized_calibration_error`. Proper scores: :func:`nll_histogram`,
@@ -56,6 +57,24 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
         raise LTAUInputError("AUROC needs both positive and negative labels")
     result = stats.mannwhitneyu(scores[positive], scores[~positive], alternative="two-sided")
     return float(result.statistic / (positive.sum() * (~positive).sum()))
+
+
+def precision_at_recall(scores: np.ndarray, labels: np.ndarray, recall: float) -> float:
+    """Precision when flagging every sample scored at least ``t``, for the highest threshold
+    ``t`` whose recall of the positives (True labels) reaches ``recall`` in (0, 1].
+
+    Samples tied at the threshold are all flagged.
+    """
+    scores, labels = _paired(scores, labels, names=("scores", "labels"))
+    positive = labels.astype(bool)
+    if not positive.any():
+        raise LTAUInputError("precision at recall needs at least one positive label")
+    if not 0 < recall <= 1:
+        raise LTAUInputError(f"recall must lie in (0, 1]; got {recall}")
+    needed = int(np.ceil(recall * positive.sum() - 1e-9))
+    threshold = np.sort(scores[positive])[::-1][needed - 1]
+    flagged = scores >= threshold
+    return float(positive[flagged].mean())
 
 
 def interval_coverage(observed: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:

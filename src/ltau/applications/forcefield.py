@@ -21,9 +21,16 @@ import numpy as np
 
 from ltau import metrics
 from ltau.atomistic.structures import LabelledStructures
+from ltau.distributions import ErrorDistributions
 from ltau.estimator import LTAUEstimator, LTAUPrediction
 from ltau.exceptions import LTAUInputError
-from ltau.integrations.mace import MACESettings, TrainedMACE, evaluate_mace, train_mace
+from ltau.integrations.mace import (
+    MACEEvaluation,
+    MACESettings,
+    TrainedMACE,
+    evaluate_mace,
+    train_mace,
+)
 from ltau.recording import ErrorRecorder
 from ltau.report import SetResults, write_report
 
@@ -104,17 +111,21 @@ def run_forcefield_pipeline(
 
     fit_eval = evaluate_mace(trained, fit_set, progress=True)
     validation_eval = evaluate_mace(trained, validation)
-    estimator, spearman_by_k = _choose_k(fit_eval.descriptors, distributions, validation_eval)
-    estimator.calibrate(
-        validation_eval.descriptors,
-        validation_eval.force_errors,
-        method=config.calibration,
-        groups=validation.index.configuration_of_atoms,
+    estimator, spearman_by_k, atol = fit_ltau(
+        fit_eval.descriptors,
+        distributions,
+        validation_eval,
+        validation.index.configuration_of_atoms,
+        config.calibration,
     )
-    atol = float(np.quantile(validation_eval.force_errors, ATOL_QUANTILE))
     estimator.save(
         output_dir / "estimator.h5",
-        metadata={"error": "per-atom force-error norm", "unit": "eV/A", "model": "model.pt"},
+        metadata={
+            "error": "per-atom force-error norm",
+            "unit": "eV/A",
+            "model": "model.pt",
+            "atol_eV_per_A": atol,
+        },
     )
 
     results: dict[str, dict] = {}
@@ -186,8 +197,37 @@ def run_forcefield_pipeline(
     return report
 
 
+def fit_ltau(
+    descriptors: np.ndarray,
+    distributions: ErrorDistributions,
+    validation: MACEEvaluation,
+    validation_structures: np.ndarray,
+    calibration: str = "isotonic",
+) -> tuple[LTAUEstimator, dict[int, float], float]:
+    """Fit LTAU on the training atoms' ``descriptors`` and ``distributions``, with every choice
+    made on the labelled ``validation`` evaluation (never a test set): k (best Spearman of
+    predicted and true per-atom force errors among :data:`K_CANDIDATES`), the distance widening
+    and ``calibration`` map (``validation_structures``: the structure of each validation atom,
+    ``(n_atoms,)``), and ``atol`` (eV/Å), the :data:`ATOL_QUANTILE` quantile of the validation
+    errors.
+
+    Returns ``(estimator, spearman_by_k, atol)``.
+    """
+    if validation.force_errors is None:
+        raise LTAUInputError("the validation structures need reference forces")
+    estimator, spearman_by_k = _choose_k(descriptors, distributions, validation)
+    estimator.calibrate(
+        validation.descriptors,
+        validation.force_errors,
+        method=calibration,
+        groups=validation_structures,
+    )
+    atol = float(np.quantile(validation.force_errors, ATOL_QUANTILE))
+    return estimator, spearman_by_k, atol
+
+
 def _choose_k(
-    descriptors: np.ndarray, distributions, validation
+    descriptors: np.ndarray, distributions: ErrorDistributions, validation: MACEEvaluation
 ) -> tuple[LTAUEstimator, dict[int, float]]:
     spearman_by_k = {}
     best = None
