@@ -41,7 +41,7 @@ TESTS = {
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="acac dataset folder")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--calibration", choices=("isotonic", "scale"), default="isotonic")
     parser.add_argument(
@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
         name: read_structures(args.data / file, energy_key=None, require_forces=False)
         for name, file in TESTS.items()
     }
-    isolated = read_structures(args.data / "isolated_atoms.xyz", forces_key=None)
+    isolated = read_structures(
+        args.data / "isolated_atoms.xyz", forces_key=None, require_forces=False
+    )
     e0s = {
         int(a.numbers[0]): float(e) for a, e in zip(isolated.atoms, isolated.energies, strict=True)
     }
