@@ -162,6 +162,10 @@ def test_bad_inputs(trained, tmp_path):
         LTAUCalculator.from_trained(model, wrong)
     with pytest.raises(LTAUInputError, match="must be a nequip NequIPCalculator"):
         LTAUCalculator(model, estimator)
+    compiled_like = LTAUCalculator.from_trained(model, estimator).nequip
+    compiled_like.model = torch.nn.Identity()  # declares no node_features, like a compiled model
+    with pytest.raises(LTAUInputError, match="does not declare its node_features"):
+        LTAUCalculator(compiled_like, estimator)
 
     oxygen = emt_structures(1, 3, adsorbate="O")[0]
     oxygen.calc = LTAUCalculator.from_trained(model, estimator)

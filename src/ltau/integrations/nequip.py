@@ -58,9 +58,6 @@ FRAME_ID_KEY = "ltau_frame_id"
 
 register_fields(graph_fields=[FRAME_ID_KEY], long_fields=[FRAME_ID_KEY])
 
-# nequip's model builder warns about unset options that this module sets on purpose.
-warnings.filterwarnings("ignore", message=".*per_type_energy_s.*", category=UserWarning)
-
 
 class FrameIndexedDataset(AtomicDataset):
     """A NequIP dataset whose frames carry their index in it under ``ltau_frame_id``.
@@ -106,6 +103,7 @@ class LTAUErrorLogger(lightning.Callback):
     The training set's atoms are numbered from the frames the first epoch visits, which must be
     every training frame exactly once (no ``drop_last``, no sampler that repeats frames). The
     log file is created at the end of that first epoch. Single-process training only.
+    Epoch times run from the start of an epoch to its end, validation included.
     After ``fit``: :attr:`atom_index` maps atom ids to frames, :attr:`epoch_seconds` and
     :attr:`logging_seconds` time each epoch and the logger's share of it.
     """
@@ -420,7 +418,9 @@ def train_nequip(
         callbacks=callbacks,
     )
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(num_workers|does not have many workers).*")
+        warnings.filterwarnings(
+            "ignore", message=".*(does not have many workers|no `val_dataloader`).*"
+        )
         trainer.fit(module, train_dataloaders=loader)
     model = module.model["sole_model"].eval()
     trained = TrainedNequIP(model, settings, timer.epoch_seconds)
@@ -493,7 +493,13 @@ def descriptor_size(model: torch.nn.Module) -> int:
 
 
 def _scalar_columns(model: torch.nn.Module) -> np.ndarray:
-    irreps = o3.Irreps(str(model.irreps_out[AtomicDataDict.NODE_FEATURES_KEY]))
+    irreps_out = getattr(model, "irreps_out", None)
+    if not isinstance(irreps_out, dict) or AtomicDataDict.NODE_FEATURES_KEY not in irreps_out:
+        raise LTAUInputError(
+            "the model does not declare its node_features (a compiled model does not): "
+            "use the eager nequip model"
+        )
+    irreps = o3.Irreps(str(irreps_out[AtomicDataDict.NODE_FEATURES_KEY]))
     columns = []
     for (multiplicity, irrep), block in zip(irreps, irreps.slices(), strict=True):
         if irrep.l == 0 and irrep.p == 1:
@@ -508,8 +514,7 @@ class LTAUCalculator(LTAUCalculatorBase):
     neighbour list) and ``call_model`` run the model once; energy, forces (stress for periodic
     cells) and the invariant descriptors come from that one pass, and the LTAU results are those
     of :class:`~ltau.atomistic.calculator.LTAUCalculatorBase`. Use :meth:`from_trained`, or give
-    any ``NequIPCalculator`` (for example ``NequIPCalculator._from_saved_model(...)`` is what
-    nequip's loaders build) whose model returns ``node_features``.
+    any ``NequIPCalculator`` on an eager (not compiled) model, which returns ``node_features``.
     """
 
     def __init__(
@@ -523,6 +528,7 @@ class LTAUCalculator(LTAUCalculatorBase):
         if not isinstance(nequip_calculator, NequIPCalculator):
             raise LTAUInputError("nequip_calculator must be a nequip NequIPCalculator")
         self.nequip = nequip_calculator
+        self._columns = _scalar_columns(nequip_calculator.model)
         self.type_names = list(nequip_calculator.model.type_names)
         super().__init__(estimator, atol=atol, **kwargs)
 
@@ -540,7 +546,7 @@ class LTAUCalculator(LTAUCalculatorBase):
 
     @property
     def descriptor_size(self) -> int:
-        return descriptor_size(self.nequip.model)
+        return int(self._columns.size)
 
     def evaluate_model(self, atoms: Atoms, compute_stress: bool) -> ModelOutput:
         _check_elements(atoms.numbers, self.type_names)
@@ -554,7 +560,10 @@ class LTAUCalculator(LTAUCalculatorBase):
         return ModelOutput(
             energy=energy_unit * float(output[AtomicDataDict.TOTAL_ENERGY_KEY].detach().sum()),
             forces=force_unit * output[AtomicDataDict.FORCE_KEY].detach().numpy(),
-            descriptors=invariant_descriptors(self.nequip.model, output),
+            descriptors=output[AtomicDataDict.NODE_FEATURES_KEY]
+            .detach()[:, self._columns]
+            .numpy()
+            .astype(np.float32),
             stress=stress,
         )
 
