@@ -52,7 +52,7 @@ from ltau.applications.ensembles import (
     maxwell_mass,
     metrics_of,
 )
-from ltau.applications.forcefield import K_CANDIDATES, split_validation
+from ltau.applications.uq_evaluation import K_CANDIDATES, split_validation
 from ltau.atomistic.oracle import default_splits, isolated_atom_energies
 from ltau.atomistic.structures import read_structures
 from ltau.integrations.mace import MACESettings, TrainedMACE, evaluate_mace, train_mace

@@ -58,8 +58,8 @@ from tqdm.auto import tqdm
 
 from ltau import ErrorRecorder, metrics
 from ltau.applications.ensembles import ensemble_force_spread
-from ltau.applications.forcefield import fit_ltau, split_validation
 from ltau.applications.relaxation import relax
+from ltau.applications.uq_evaluation import fit_ltau, split_validation
 from ltau.atomistic.oracle import (
     isolated_atom_energies,
     make_initial_structures,

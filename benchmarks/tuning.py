@@ -35,8 +35,8 @@ import numpy as np
 
 from ltau import ErrorRecorder, metrics
 from ltau._io import atomic_path
-from ltau.applications.forcefield import split_validation
 from ltau.applications.tuning import TuningStrategy
+from ltau.applications.uq_evaluation import split_validation
 from ltau.atomistic.structures import (
     LabelledStructures,
     read_isolated_atom_energies,

@@ -1,14 +1,5 @@
-"""LTAU-FF end to end: train MACE with error logging, fit and calibrate LTAU, evaluate, report.
-
-Choices that affect uncertainty quality are made on a validation split carved from the
-training set (never on a test set): k is chosen by the Spearman correlation of predicted and
-true per-atom force errors on it, the distance widening (how errors grow with the atom's and
-its structure's distance to the training set) and the calibration map are fitted on it, and
-the error tolerance ``atol`` used for exceedance flags is its 90th percentile of true errors.
-
-Per-atom quantities: true error ``||F_pred - F_ref||_2`` (eV/Å); predicted expected error
-(eV/Å); exceedance ``P(error > atol)``; OOD score = mean Euclidean distance to the k nearest
-training atoms in MACE's invariant descriptor space.
+"""LTAU-FF with MACE end to end: train with error logging, then fit, calibrate, evaluate and
+report through :mod:`ltau.applications.uq_evaluation` (every choice on a validation split).
 """
 
 from __future__ import annotations
@@ -19,24 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ltau import metrics
+from ltau.applications.uq_evaluation import evaluate_ltau, split_validation
 from ltau.atomistic.structures import LabelledStructures
-from ltau.distributions import ErrorDistributions
-from ltau.estimator import LTAUEstimator, LTAUPrediction
+from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
-from ltau.integrations.mace import (
-    MACEEvaluation,
-    MACESettings,
-    TrainedMACE,
-    evaluate_mace,
-    train_mace,
-)
+from ltau.integrations.mace import MACESettings, TrainedMACE, evaluate_mace, train_mace
 from ltau.recording import ErrorRecorder
-from ltau.report import SetResults, write_report
-
-K_CANDIDATES = (5, 10, 20, 50)
-CONFIDENCE = 0.9
-ATOL_QUANTILE = 0.9
 
 
 @dataclass
@@ -53,21 +32,6 @@ class PipelineConfig:
     n_models: int = 1
     """Models trained with seeds ``seed, seed + 1, ...``; their error trajectories are pooled
     per atom, and the first model gives the forces and descriptors."""
-
-
-def split_validation(
-    structures: LabelledStructures, fraction: float, seed: int
-) -> tuple[LabelledStructures, LabelledStructures]:
-    """Random split by configuration into (fit, validation)."""
-    if not 0 < fraction < 1:
-        raise LTAUInputError(f"validation_fraction must lie in (0, 1); got {fraction}")
-    order = np.random.default_rng(seed).permutation(len(structures.atoms))
-    n_validation = max(1, round(fraction * len(order)))
-    if n_validation >= len(order):
-        raise LTAUInputError("too few training structures to carve out a validation split")
-    return structures.subset(np.sort(order[n_validation:])), structures.subset(
-        np.sort(order[:n_validation])
-    )
 
 
 def run_forcefield_pipeline(
@@ -108,176 +72,30 @@ def run_forcefield_pipeline(
     trained.save(output_dir / "model.pt")
     distributions = recorder.distributions(n_bins=config.n_bins, spacing="log", progress=True)
     recorder.close()
-
-    fit_eval = evaluate_mace(trained, fit_set, progress=True)
-    validation_eval = evaluate_mace(trained, validation)
-    estimator, spearman_by_k, atol = fit_ltau(
-        fit_eval.descriptors,
+    training = {
+        "n_fit_configs": len(fit_set.atoms),
+        "n_fit_atoms": fit_set.n_atoms,
+        "n_validation_configs": len(validation.atoms),
+        "epochs": config.epochs,
+        "n_models_pooled": config.n_models,
+        "epoch_seconds_mean": float(np.mean(trained.epoch_seconds)),
+        "logging_overhead": trained.logging_overhead,
+        "settings": vars(config.settings),
+    }
+    report = evaluate_ltau(
+        lambda structures, progress: evaluate_mace(trained, structures, progress=progress),
         distributions,
-        validation_eval,
-        validation.index.configuration_of_atoms,
-        config.calibration,
+        fit_set,
+        validation,
+        tests,
+        output_dir,
+        in_domain=config.in_domain,
+        calibration=config.calibration,
+        training=training,
+        title=title,
+        started=started,
     )
-    estimator.save(
-        output_dir / "estimator.h5",
-        metadata={
-            "error": "per-atom force-error norm",
-            "unit": "eV/A",
-            "model": "model.pt",
-            "atol_eV_per_A": atol,
-        },
-    )
-
-    results: dict[str, dict] = {}
-    figures: list[SetResults] = []
-    in_domain_ood = None
-    for name, structures in tests.items():
-        evaluation = evaluate_mace(trained, structures, progress=True)
-        groups = structures.index.configuration_of_atoms
-        prediction = estimator.predict(
-            evaluation.descriptors, groups=groups, atol=atol, confidence=CONFIDENCE
-        )
-        observed = evaluation.force_errors
-        pit = None
-        if observed is not None:
-            pit = estimator.probability_integral_transform(
-                evaluation.descriptors, observed, groups=groups
-            )
-            raw_pit = estimator.probability_integral_transform(
-                evaluation.descriptors, observed, calibrated=False
-            )
-            results[name] = _labelled_metrics(prediction, observed, pit, raw_pit, atol)
-        else:
-            results[name] = {"n_atoms": int(prediction.ood_score.size)}
-        results[name]["mean_ood_score"] = float(prediction.ood_score.mean())
-        results[name]["mean_expected_error"] = float(prediction.expected_error.mean())
-        if name == config.in_domain:
-            in_domain_ood = prediction.ood_score
-        figures.append(
-            SetResults(name, prediction.expected_error, prediction.ood_score, observed, pit)
-        )
-    for name, values in results.items():
-        if name != config.in_domain:
-            shifted = next(s for s in figures if s.name == name).ood_score
-            values["auroc_ood_score_vs_in_domain"] = metrics.auroc(
-                np.concatenate([shifted, in_domain_ood]),
-                np.r_[np.ones(shifted.size), np.zeros(in_domain_ood.size)],
-            )
-
-    report = {
-        "training": {
-            "n_fit_configs": len(fit_set.atoms),
-            "n_fit_atoms": fit_set.n_atoms,
-            "n_validation_configs": len(validation.atoms),
-            "epochs": config.epochs,
-            "n_models_pooled": config.n_models,
-            "epoch_seconds_mean": float(np.mean(trained.epoch_seconds)),
-            "logging_overhead": trained.logging_overhead,
-            "settings": vars(config.settings),
-        },
-        "chosen_on_validation": {
-            "k": estimator.n_neighbors,
-            "spearman_by_k": spearman_by_k,
-            "calibration": config.calibration,
-            "atol_eV_per_A": atol,
-            "atol_rule": f"{ATOL_QUANTILE:.0%} quantile of validation force errors",
-        },
-        "validation_force_rmse": metrics.rmse(validation_eval.force_errors),
-        "sets": results,
-        "wall_seconds": time.perf_counter() - started,
-    }
-    summary = (
-        f"{len(fit_set.atoms)} training structures ({fit_set.n_atoms} atoms), "
-        f"{config.epochs} epochs, k={estimator.n_neighbors} and {config.calibration} "
-        f"calibration chosen/fitted on {len(validation.atoms)} validation structures; "
-        f"atol = {atol:.3g} eV/Å."
-    )
-    page = write_report(output_dir, title, summary, report, figures)
-    print(_summary_lines(report, page))
     return report
-
-
-def fit_ltau(
-    descriptors: np.ndarray,
-    distributions: ErrorDistributions,
-    validation: MACEEvaluation,
-    validation_structures: np.ndarray,
-    calibration: str = "isotonic",
-) -> tuple[LTAUEstimator, dict[int, float], float]:
-    """Fit LTAU on the training atoms' ``descriptors`` and ``distributions``, with every choice
-    made on the labelled ``validation`` evaluation (never a test set): k (best Spearman of
-    predicted and true per-atom force errors among :data:`K_CANDIDATES`), the distance widening
-    and ``calibration`` map (``validation_structures``: the structure of each validation atom,
-    ``(n_atoms,)``), and ``atol`` (eV/Å), the :data:`ATOL_QUANTILE` quantile of the validation
-    errors.
-
-    Returns ``(estimator, spearman_by_k, atol)``.
-    """
-    if validation.force_errors is None:
-        raise LTAUInputError("the validation structures need reference forces")
-    estimator, spearman_by_k = _choose_k(descriptors, distributions, validation)
-    estimator.calibrate(
-        validation.descriptors,
-        validation.force_errors,
-        method=calibration,
-        groups=validation_structures,
-    )
-    atol = float(np.quantile(validation.force_errors, ATOL_QUANTILE))
-    return estimator, spearman_by_k, atol
-
-
-def _choose_k(
-    descriptors: np.ndarray, distributions: ErrorDistributions, validation: MACEEvaluation
-) -> tuple[LTAUEstimator, dict[int, float]]:
-    spearman_by_k = {}
-    best = None
-    for k in K_CANDIDATES:
-        if k > descriptors.shape[0]:
-            continue
-        estimator = LTAUEstimator(k).fit(descriptors, distributions)
-        predicted = estimator.predict(validation.descriptors).expected_error
-        spearman_by_k[k] = metrics.spearman(predicted, validation.force_errors)
-        if best is None or spearman_by_k[k] > spearman_by_k[best[0]]:
-            best = (k, estimator)
-    return best[1], spearman_by_k
-
-
-def _labelled_metrics(
-    prediction: LTAUPrediction,
-    observed: np.ndarray,
-    pit: np.ndarray,
-    raw_pit: np.ndarray,
-    atol: float,
-) -> dict:
-    exceeds = observed > atol
-    flags = (
-        metrics.auroc(prediction.exceedance[:, 0], exceeds)
-        if exceeds.any() and not exceeds.all()
-        else None
-    )
-    return {
-        "n_atoms": int(observed.size),
-        "force_rmse": metrics.rmse(observed),
-        "force_mae": float(observed.mean()),
-        "spearman": metrics.spearman(prediction.expected_error, observed),
-        "miscalibration_area": metrics.miscalibration_area(pit),
-        "miscalibration_area_uncalibrated": metrics.miscalibration_area(raw_pit),
-        "ence": metrics.expected_normalized_calibration_error(prediction.expected_error, observed),
-        "coverage90": metrics.interval_coverage(
-            observed, prediction.interval_lower, prediction.interval_upper
-        ),
-        "auroc_error_flag": flags,
-        "fraction_above_atol": float(exceeds.mean()),
-        "ause": metrics.ause(prediction.expected_error, observed),
-    }
-
-
-def _summary_lines(report: dict, page: Path) -> str:
-    lines = [f"LTAU-FF report: {page}"]
-    for name, values in report["sets"].items():
-        parts = [f"{key}={value:.3f}" for key, value in values.items() if isinstance(value, float)]
-        lines.append(f"  {name}: " + ", ".join(parts))
-    return "\n".join(lines)
 
 
 def load_trained(output_dir: Path) -> tuple[TrainedMACE, LTAUEstimator]:
