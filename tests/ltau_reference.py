@@ -220,13 +220,14 @@ print("done", flush=True)
 """
 
 
-def corruption_scan(kind: str, good_path, workdir, queries_path="", timeout: float = 20.0):
+def corruption_scan(kind: str, good_path, workdir, queries_path="", timeout: float = 120.0):
     """Flip 16 bytes (XOR 0xFF and XOR 0x5A) at many places of a good ltau file and read it.
 
     ``kind``: "estimator", "distributions" or "log". Runs in a subprocess so that a hang or a
     crash cannot take the test session down. Returns a list of problems: any exception other
     than LTAUFileError, a successful read with different content, a read slower than 2 s, a
-    hang (timeout) or a crash. An empty list means every corruption was reported or harmless.
+    hang (the whole scan not done within ``timeout`` seconds, generous so that a loaded machine
+    does not count as a hang) or a crash. An empty list means every corruption was reported or harmless.
     """
     import subprocess
     import sys
