@@ -25,9 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ltau.applications.uq_evaluation import evaluate_ltau, headline_metrics, split_validation
+from ltau.applications.uq_evaluation import (
+    burn_in_candidates,
+    evaluate_ltau,
+    headline_metrics,
+    split_validation,
+)
 from ltau.atomistic.structures import read_structures
 from ltau.integrations.nequip import NequIPSettings, evaluate_nequip, train_nequip
+from ltau.recording import ErrorLog
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "acac"
 TESTS = {
@@ -93,9 +99,11 @@ def main(argv: list[str] | None = None) -> dict:
         "side_by_side": side_by_side,
         "settings": vars(settings),
     }
+    with ErrorLog(logger.log_path) as log:
+        candidates = burn_in_candidates(log, progress=True)
     report = evaluate_ltau(
         lambda structures, progress: evaluate_nequip(trained, structures, progress=progress),
-        logger.distributions(n_bins=100, spacing="log", progress=True),
+        candidates,
         fit_set,
         validation,
         tests,

@@ -4,13 +4,16 @@ ablation of LTAU's variants, over several seeds.
 For each dataset (acac DFT: train_300K -> test_MD_300K / test_MD_600K; the built-in EMT set:
 train -> test_in_domain / test_shifted), M MACE models are trained with seeds ``seed + m`` on
 the same 90% of the training file, all recording their per-atom force errors into one log.
-Every choice is made on the remaining 10% (the validation split): k (Spearman of the raw
-expected error), the distance widening, the isotonic calibration and ``atol`` (the 90% quantile
-of validation errors). Methods, on the same test atoms:
+Every choice is made on the remaining 10% (the validation split): the burn-in and k (2-fold
+cross-validated CRPS, folds by structure; for ``ltau_published`` k by the Spearman of the raw
+expected error), the distance widening, the isotonic calibration and ``atol`` (the 90%
+quantile of validation errors). Methods, on the same test atoms:
 
-* ``ltau``                 - one model and its own error trajectories, with the distance widening
-  fitted on the atom and structure OOD scores (the estimator's default calibration);
-* ``ltau_atom_widening``   - the same, widened with the atom OOD score only (no structures);
+* ``ltau``                 - one model and its own error trajectories, with the burn-in and k
+  chosen by cross-validated CRPS on validation and the distance widening fitted on the atom
+  and structure OOD scores (the estimator's default calibration);
+* ``ltau_all_epochs``      - the same with every epoch kept (k chosen the same way);
+* ``ltau_atom_widening``   - the default, widened with the atom OOD score only (no structures);
 * ``ltau_published``       - the method as published: kNN mixture, then isotonic calibration;
 * ``distance``             - the model's mean distance to the k nearest training atoms alone;
 * ``ensemble``             - spread of the M force vectors (target: the ensemble mean's error).
@@ -52,16 +55,22 @@ from ltau.applications.ensembles import (
     maxwell_mass,
     metrics_of,
 )
-from ltau.applications.uq_evaluation import K_CANDIDATES, split_validation
+from ltau.applications.uq_evaluation import (
+    K_CANDIDATES,
+    burn_in_candidates,
+    choose_configuration,
+    split_validation,
+)
 from ltau.atomistic.oracle import default_splits, isolated_atom_energies
 from ltau.atomistic.structures import read_structures
 from ltau.integrations.mace import MACESettings, TrainedMACE, evaluate_mace, train_mace
 
 ACAC = Path(__file__).resolve().parents[2] / "shared" / "data" / "acac"
-VARIANTS = {  # LTAU variant: (distance widening, structures as groups)
-    "ltau": (True, True),
-    "ltau_atom_widening": (True, False),
-    "ltau_published": (False, False),
+VARIANTS = {  # LTAU variant: (burn-in chosen, distance widening, structures as groups)
+    "ltau": (True, True, True),
+    "ltau_all_epochs": (False, True, True),
+    "ltau_atom_widening": (True, True, False),
+    "ltau_published": (False, False, False),
 }
 METHODS = (*VARIANTS, "distance", "ensemble")
 TABLE_METRICS = {
@@ -195,26 +204,39 @@ def run_dataset(
     curves: dict[str, dict] = {}
     log = ErrorLog(log_path)
     for member in range(n_seeds):
-        distributions = log.distributions(members=[member], n_bins=100)
+        candidates = burn_in_candidates(log, members=[member])
         fit_descriptors = evaluate_mace(models[member], fit_set).descriptors
         validation_m = evaluations["validation"][member]
         spearman_by_k = {
             k: metrics.spearman(
                 LTAUEstimator(k)
-                .fit(fit_descriptors, distributions)
+                .fit(fit_descriptors, candidates[0])
                 .predict(validation_m.descriptors)
                 .expected_error,
                 validation_m.force_errors,
             )
             for k in K_CANDIDATES
         }
-        k = max(spearman_by_k, key=spearman_by_k.get)
         atol = float(np.quantile(validation_m.force_errors, 0.9))
-        bins = distributions.bins
+        bins = candidates[0].bins
         results: dict[str, dict] = {}
         predictions: dict[str, dict] = {}
-        for variant, (widen, use_groups) in VARIANTS.items():
-            estimator = LTAUEstimator(k).fit(fit_descriptors, distributions)
+        choices: dict[str, dict] = {}
+        for variant, (burn_in, widen, use_groups) in VARIANTS.items():
+            if widen:
+                chosen = choose_configuration(
+                    fit_descriptors,
+                    candidates if burn_in else {0: candidates[0]},
+                    validation_m.descriptors,
+                    validation_m.force_errors,
+                    groups["validation"],
+                    group_widening=use_groups,
+                )
+                k, skip = chosen["k"], chosen["skip_epochs"]
+            else:  # as published: all epochs, k by the raw expected error's Spearman
+                k, skip = max(spearman_by_k, key=spearman_by_k.get), 0
+            choices[variant] = {"k": k, "skip_epochs": skip}
+            estimator = LTAUEstimator(k).fit(fit_descriptors, candidates[skip])
             estimator.calibrate(
                 validation_m.descriptors,
                 validation_m.force_errors,
@@ -235,9 +257,10 @@ def run_dataset(
                 )
                 for set_name in tests
             }
+        k = choices["ltau"]["k"]
         ood = {
             set_name: LTAUEstimator(k)
-            .fit(fit_descriptors, distributions)
+            .fit(fit_descriptors, candidates[0])
             .predict(evaluations[set_name][member].descriptors)
             .ood_score
             for set_name in sets
@@ -274,7 +297,9 @@ def run_dataset(
                     np.ones(shifted.expected_error.size), np.zeros(in_domain.expected_error.size)
                 ],
             )
-        per_seed.append({"k": k, "atol": atol, "spearman_by_k": spearman_by_k, "methods": results})
+        per_seed.append(
+            {"choices": choices, "atol": atol, "spearman_by_k": spearman_by_k, "methods": results}
+        )
         if member == 0:
             curves = {s: {m: predictions[m][s] for m in predictions} for s in tests}
     log.close()
@@ -385,8 +410,9 @@ def markdown_table(report: dict) -> str:
     for dataset, values in report["datasets"].items():
         lines.append(
             f"\n**{dataset}** (M = {values['members']}, {values['epochs']} epochs, "
-            f"{values['n_seeds']} seeds; k per seed "
-            f"{[run['k'] for run in values['per_seed']]}; train cost ratio "
+            f"{values['n_seeds']} seeds; default LTAU's (k, burn-in epochs) per seed "
+            f"{[tuple(run['choices']['ltau'].values()) for run in values['per_seed']]}; "
+            f"train cost ratio "
             f"{values['train_cost_ratio']:.2f}, inference cost ratio "
             f"{values['inference_cost_ratio']:.2f})\n"
         )

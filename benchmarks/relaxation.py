@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 from ltau import ErrorRecorder, metrics
 from ltau.applications.ensembles import ensemble_force_spread
 from ltau.applications.relaxation import relax
-from ltau.applications.uq_evaluation import fit_ltau, split_validation
+from ltau.applications.uq_evaluation import burn_in_candidates, fit_ltau, split_validation
 from ltau.atomistic.oracle import (
     isolated_atom_energies,
     make_initial_structures,
@@ -157,11 +157,11 @@ def run(args: argparse.Namespace) -> dict:
         )
         train_seconds.append(time.perf_counter() - tic)
     model = members[0]
-    distributions = recorder.distributions(n_bins=100, spacing="log")
+    candidates = burn_in_candidates(recorder)
     recorder.close()
-    estimator, spearman_by_k, atol = fit_ltau(
+    estimator, selection, atol = fit_ltau(
         evaluate_mace(model, fit_set).descriptors,
-        distributions,
+        candidates,
         evaluate_mace(model, validation),
         validation.index.configuration_of_atoms,
         "isotonic",
@@ -307,7 +307,8 @@ def run(args: argparse.Namespace) -> dict:
         },
         "chosen_on_validation": {
             "k": estimator.n_neighbors,
-            "spearman_by_k": spearman_by_k,
+            "skip_epochs": selection["skip_epochs"],
+            "cv_crps": selection["cv_crps"],
             "atol_eV_per_A": atol,
         },
         "timing_seconds": {

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ltau import Bins, ErrorDistributions, ErrorRecorder, LTAUEstimator
+from ltau import Bins, ErrorDistributions, ErrorLog, ErrorRecorder, LTAUEstimator
 from ltau.cli import main
 from ltau.distributions import load_distributions, save_distributions
 
@@ -87,6 +87,11 @@ def test_npy_and_npz_outputs(recorded, capsys):
     d = recorded
     run(capsys, "distributions", d / "log.h5", "-o", d / "dist.h5", "--members", 1)
     assert load_distributions(d / "dist.h5").n_observations.max() == 15
+    run(capsys, "distributions", d / "log.h5", "-o", d / "late.h5", "--skip-epochs", 10)
+    with ErrorLog(d / "log.h5") as log:
+        late = log.distributions(skip_epochs=10)
+    np.testing.assert_array_equal(load_distributions(d / "late.h5").counts, late.counts)
+    assert late.n_observations.max() == 2 * 5
     run(
         capsys,
         "fit",
@@ -168,6 +173,11 @@ def test_describe_log_and_distributions(recorded, capsys):
         (("distributions", "{d}/train.npy", "-o", "{d}/x.h5"), "not a readable ltau-error-log"),
         (("distributions", "{d}/log.h5", "-o", "{d}/x.h5", "--members", "7"), "members \\[7\\]"),
         (("distributions", "{d}/log.h5", "-o", "{d}/nodir/x.h5"), "does not exist"),
+        (
+            ("distributions", "{d}/log.h5", "-o", "{d}/x.h5", "--skip-epochs", "15"),
+            "after skipping",
+        ),
+        (("distributions", "{d}/log.h5", "-o", "{d}/x.h5", "--skip-epochs", "-1"), "skip_epochs"),
         (
             ("distributions", "{d}/log.h5", "-o", "{d}/x.h5", "--range", "1", "0.5"),
             "invalid error range",

@@ -46,12 +46,16 @@ def test_demo_on_user_files_writes_report(files, tmp_path):
     with ErrorLog(out / "errors.h5") as log:  # two seeds' trajectories, pooled per atom
         assert log.n_samples == report["training"]["n_fit_atoms"]
         assert np.bincount(log.members).tolist() == [2, 2]
-    assert LTAUEstimator.load(out / "estimator.h5").distributions_.n_observations.min() == 4
-    assert report["chosen_on_validation"]["k"] in report["chosen_on_validation"][
-        "spearman_by_k"
-    ] or (
-        str(report["chosen_on_validation"]["k"]) in report["chosen_on_validation"]["spearman_by_k"]
-    )
+    chosen = report["chosen_on_validation"]
+    skipped = chosen["skip_epochs"]  # burn-in candidates of 2 epochs per model: 0 or 1
+    assert set(chosen["cv_crps"]) == {
+        f"skip_epochs={s},k={k}" for s in (0, 1) for k in (5, 10, 20, 50)
+    }
+    best = min(chosen["cv_crps"], key=chosen["cv_crps"].get)
+    assert best == f"skip_epochs={skipped},k={chosen['k']}"
+    estimator = LTAUEstimator.load(out / "estimator.h5")
+    assert estimator.distributions_.n_observations.min() == 2 * (2 - skipped)
+    assert estimator.metadata_["skip_epochs"] == skipped
     for key in ("spearman", "miscalibration_area", "coverage90", "force_rmse", "ence", "ause"):
         assert np.isfinite(in_domain[key])
     assert 0 <= in_domain["coverage90"] <= 1

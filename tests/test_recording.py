@@ -207,6 +207,30 @@ def test_member_subsets(two_member_log):
         recorder.distributions(bins, members=[3])
 
 
+def test_burn_in_leaves_out_each_members_first_epochs(two_member_log):
+    recorder, errors, members, bins, path = two_member_log
+    epoch_of_row = np.array([np.count_nonzero(members[:row] == members[row]) for row in range(18)])
+    for skip, chosen in ((0, None), (3, None), (3, [1]), (8, [0, 1])):
+        rows = (epoch_of_row >= skip) & (np.isin(members, chosen) if chosen else True)
+        want = ErrorDistributions.from_errors(errors[rows].T, bins)
+        got = recorder.distributions(bins, members=chosen, skip_epochs=skip)
+        np.testing.assert_array_equal(got.counts, want.counts)
+        assert (got.n_below, got.n_above) == (want.n_below, want.n_above)
+    recorder.close()
+    with ErrorLog(path) as log:
+        assert log.epochs_by_member == {0: 9, 1: 9}
+        np.testing.assert_array_equal(log.rows(skip_epochs=7), np.arange(14, 18))
+        got = log.distributions(n_bins=23, skip_epochs=5)
+        want = ErrorDistributions.from_errors(errors[epoch_of_row >= 5].T, n_bins=23)
+        assert got.bins == want.bins  # bins span the epochs kept
+        np.testing.assert_array_equal(got.counts, want.counts)
+        with pytest.raises(LTAUInputError, match=r"no completed epoch .* after skipping 9"):
+            log.distributions(skip_epochs=9)
+        for bad in (-1, 1.5, True, "2"):
+            with pytest.raises(LTAUInputError, match="skip_epochs must be a non-negative"):
+                log.rows(skip_epochs=bad)
+
+
 def test_log_only_recorder_builds_distributions_from_the_log(tmp_path):
     errors = trajectory(20, 6, 4)
     with ErrorRecorder(20, log_path=tmp_path / "log.h5") as recorder:

@@ -79,6 +79,13 @@ def positive_int(value: object, name: str) -> int:
     return int(value)
 
 
+def non_negative_int(value: object, name: str) -> int:
+    """Return ``value`` as an int >= 0 or raise."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise LTAUInputError(f"{name} must be a non-negative integer; got {value!r}")
+    return int(value)
+
+
 def group_labels(groups: object, n: int, what: str = "sample") -> np.ndarray:
     """``groups`` as int64 labels, one per ``what`` (shape ``(n,)``), e.g. structure ids."""
     array = np.asarray(groups)

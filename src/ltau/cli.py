@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--members", type=int, nargs="+", help="pool only these models (default: all in the log)"
     )
+    build.add_argument(
+        "--skip-epochs",
+        type=int,
+        default=0,
+        help="leave out each model's first N epochs, a burn-in (default 0)",
+    )
     build.set_defaults(handler=_run_distributions)
 
     fit = commands.add_parser(
@@ -260,7 +266,12 @@ def _run_distributions(args: argparse.Namespace) -> None:
     bins = Bins.from_range(*args.range, args.bins, args.spacing) if args.range else None
     with ErrorLog(args.log) as log:
         distributions = log.distributions(
-            bins, n_bins=args.bins, spacing=args.spacing, members=args.members, progress=True
+            bins,
+            n_bins=args.bins,
+            spacing=args.spacing,
+            members=args.members,
+            skip_epochs=args.skip_epochs,
+            progress=True,
         )
     save_distributions(distributions, args.output)
     print(
@@ -426,11 +437,10 @@ def _run_describe(args: argparse.Namespace) -> None:
         summary |= _describe_distributions(load_distributions(args.file))
     else:
         with ErrorLog(args.file) as log:
-            members, counts = np.unique(log.members, return_counts=True)
             summary |= {
                 "n_samples": log.n_samples,
                 "n_epochs": log.n_epochs,
-                "epochs_by_member": {int(m): int(c) for m, c in zip(members, counts, strict=True)},
+                "epochs_by_member": log.epochs_by_member,
             }
     print(json.dumps(summary, indent=2))
 

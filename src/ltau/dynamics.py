@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from ltau._validation import group_labels, positive_int
+from ltau._validation import group_labels, non_negative_int, positive_int
 from ltau.exceptions import LTAUInputError
 from ltau.recording import ErrorLog
 
@@ -105,16 +105,13 @@ def training_dynamics(
     ``groups``: group id (>= 0) of every sample, ``(n_samples,)``.
     """
     atol = _check_atol(atol)
-    if isinstance(skip_epochs, bool) or not isinstance(skip_epochs, (int, np.integer)):
-        raise LTAUInputError(f"skip_epochs must be a non-negative integer; got {skip_epochs!r}")
-    if skip_epochs < 0:
-        raise LTAUInputError(f"skip_epochs must be a non-negative integer; got {skip_epochs}")
+    skip_epochs = non_negative_int(skip_epochs, "skip_epochs")
     if group_reduce not in ("rms", "mean"):
         raise LTAUInputError(f"group_reduce must be 'rms' or 'mean'; got {group_reduce!r}")
     if isinstance(log, ErrorLog):
-        return _from_log(log, atol, int(skip_epochs), members, groups, group_reduce, progress)
+        return _from_log(log, atol, skip_epochs, members, groups, group_reduce, progress)
     with ErrorLog(log) as opened:
-        return _from_log(opened, atol, int(skip_epochs), members, groups, group_reduce, progress)
+        return _from_log(opened, atol, skip_epochs, members, groups, group_reduce, progress)
 
 
 def _from_log(
@@ -127,12 +124,8 @@ def _from_log(
     progress: bool,
 ) -> TrainingDynamics:
     group_ids, n_groups = _check_groups(groups, log.n_samples)
-    rows = log.rows(members)
+    rows = log.rows(members, skip_epochs)
     row_members = log.members[rows]
-    kept = np.ones(rows.size, dtype=bool)
-    for member in np.unique(row_members):
-        kept[np.flatnonzero(row_members == member)[:skip_epochs]] = False
-    rows, row_members = rows[kept], row_members[kept]
     if rows.size == 0:
         raise LTAUInputError(
             f"{log.path} has no epoch left for these members after skipping {skip_epochs}"

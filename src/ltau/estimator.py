@@ -447,6 +447,7 @@ class LTAUEstimator:
             [calibrator.cdf(mixture, self.bins, edge / factors) for edge in bins.edges], axis=1
         )
         cdf[:, 0], cdf[:, -1] = 0.0, 1.0
+        cdf = np.maximum.accumulate(np.clip(cdf, 0.0, 1.0), axis=1)  # rounding: no mass < 0
         return np.diff(cdf, axis=1), bins
 
     def _quantiles(self, mixture: np.ndarray, levels: np.ndarray, calibrator) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ltau._io import atomic_h5, open_checked, reading
-from ltau._validation import as_error_vector, as_index_vector, positive_int
+from ltau._validation import as_error_vector, as_index_vector, non_negative_int, positive_int
 from ltau.distributions import (
     Bins,
     ErrorDistributions,
@@ -215,18 +215,21 @@ class ErrorRecorder:
         n_bins: int | None = None,
         spacing: Spacing | None = None,
         members: Sequence[int] | None = None,
+        skip_epochs: int = 0,
         progress: bool = False,
     ) -> ErrorDistributions:
         """Per-sample error distributions pooled over the chosen models (default: all).
 
         With no arguments the live histograms are returned (as a copy). Other ``bins``, a bin
-        count or spacing (bins then span the observed range; defaults 100, ``"log"``) or a subset
-        of ``members`` rebuild the distributions from the log in one streaming pass.
+        count or spacing (bins then span the observed range; defaults 100, ``"log"``), a subset
+        of ``members`` or ``skip_epochs`` (leave out each model's first epochs, a burn-in)
+        rebuild the distributions from the log in one streaming pass.
         """
         if self.n_epochs == 0:
             raise LTAUInputError("no epoch has been completed yet")
         live = self._accumulator
         rebin = n_bins is not None or spacing is not None or members is not None
+        rebin |= skip_epochs != 0
         if live is not None and not rebin and (bins is None or bins == live.bins):
             return ErrorDistributions(live.bins, live.counts.copy(), live.n_below, live.n_above)
         if self._log is None:
@@ -236,7 +239,7 @@ class ErrorRecorder:
             )
         self._log.flush()
         return _distributions_from_log(
-            self._log, bins, n_bins or 100, spacing or "log", members, progress
+            self._log, bins, n_bins or 100, spacing or "log", members, skip_epochs, progress
         )
 
     def close(self) -> None:
@@ -267,9 +270,16 @@ class ErrorLog:
             self._file.close()
             raise
 
-    def rows(self, members: Sequence[int] | None = None) -> np.ndarray:
-        """Indices of the log rows (epochs) that belong to ``members`` (default: all)."""
-        return _select_rows(self._file, members)
+    @property
+    def epochs_by_member(self) -> dict[int, int]:
+        """Completed epochs of each model (member id -> count)."""
+        ids, counts = np.unique(self.members, return_counts=True)
+        return {int(i): int(c) for i, c in zip(ids, counts, strict=True)}
+
+    def rows(self, members: Sequence[int] | None = None, skip_epochs: int = 0) -> np.ndarray:
+        """Indices of the log rows (epochs) that belong to ``members`` (default: all), leaving
+        out the first ``skip_epochs`` of each model."""
+        return _select_rows(self._file, members, skip_epochs)
 
     def epochs(self, members: Sequence[int] | None = None) -> Iterator[np.ndarray]:
         """Yield each selected epoch's errors, float32 ``(n_samples,)``, NaN where not recorded."""
@@ -298,10 +308,14 @@ class ErrorLog:
         n_bins: int = 100,
         spacing: Spacing = "log",
         members: Sequence[int] | None = None,
+        skip_epochs: int = 0,
         progress: bool = False,
     ) -> ErrorDistributions:
-        """Build per-sample distributions in one streaming pass over the log."""
-        return _distributions_from_log(self._file, bins, n_bins, spacing, members, progress)
+        """Build per-sample distributions in one streaming pass over the log, leaving out the
+        first ``skip_epochs`` of each model (a burn-in)."""
+        return _distributions_from_log(
+            self._file, bins, n_bins, spacing, members, skip_epochs, progress
+        )
 
     def close(self) -> None:
         self._file.close()
@@ -406,22 +420,31 @@ def _append_row(handle: h5py.File, row: np.ndarray, member: int) -> None:
     handle.flush()
 
 
-def _select_rows(handle: h5py.File, members: Sequence[int] | None) -> np.ndarray:
-    """Row indices of the complete epochs of ``members`` (default: all rows)."""
+def _select_rows(
+    handle: h5py.File, members: Sequence[int] | None, skip_epochs: int = 0
+) -> np.ndarray:
+    """Row indices of the complete epochs of ``members`` (default: all rows), without the
+    first ``skip_epochs`` of each member."""
+    skip_epochs = non_negative_int(skip_epochs, "skip_epochs")
     with reading(handle.filename):
         n_complete = int(handle.attrs["n_complete"])
-    if members is None:
-        return np.arange(n_complete)
-    with reading(handle.filename):
-        present = handle["member"][:n_complete]
-    wanted = np.asarray(list(members), dtype=np.int64)
-    unknown = np.setdiff1d(wanted, present)
-    if unknown.size:
-        raise LTAUInputError(
-            f"members {unknown.tolist()} are not in {handle.filename} "
-            f"(it has {np.unique(present).tolist()})"
-        )
-    return np.flatnonzero(np.isin(present, wanted))
+        present = handle["member"][:n_complete].astype(np.int64)
+    rows = np.arange(n_complete)
+    if members is not None:
+        wanted = np.asarray(list(members), dtype=np.int64)
+        unknown = np.setdiff1d(wanted, present)
+        if unknown.size:
+            raise LTAUInputError(
+                f"members {unknown.tolist()} are not in {handle.filename} "
+                f"(it has {np.unique(present).tolist()})"
+            )
+        rows = np.flatnonzero(np.isin(present, wanted))
+    if skip_epochs:
+        kept = np.ones(rows.size, dtype=bool)
+        for member in np.unique(present[rows]):
+            kept[np.flatnonzero(present[rows] == member)[:skip_epochs]] = False
+        rows = rows[kept]
+    return rows
 
 
 def _iter_rows(handle: h5py.File, rows: np.ndarray) -> Iterator[np.ndarray]:
@@ -453,13 +476,17 @@ def _distributions_from_log(
     n_bins: int,
     spacing: Spacing,
     members: Sequence[int] | None,
+    skip_epochs: int,
     progress: bool,
 ) -> ErrorDistributions:
     with reading(handle.filename):
         n_complete = int(handle.attrs["n_complete"])
-    rows = _select_rows(handle, members)
+    rows = _select_rows(handle, members, skip_epochs)
     if rows.size == 0:
-        raise LTAUInputError(f"{handle.filename} holds no completed epoch for these members")
+        raise LTAUInputError(
+            f"{handle.filename} holds no completed epoch for these members"
+            + (f" after skipping {skip_epochs} per model" if skip_epochs else "")
+        )
     if bins is None:
         with reading(handle.filename):
             minima = handle["row_min_positive"][:n_complete][rows]

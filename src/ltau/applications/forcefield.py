@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltau.applications.uq_evaluation import evaluate_ltau, split_validation
+from ltau.applications.uq_evaluation import burn_in_candidates, evaluate_ltau, split_validation
 from ltau.atomistic.structures import LabelledStructures
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
@@ -70,7 +70,7 @@ def run_forcefield_pipeline(
     ]
     trained = members[0]
     trained.save(output_dir / "model.pt")
-    distributions = recorder.distributions(n_bins=config.n_bins, spacing="log", progress=True)
+    candidates = burn_in_candidates(recorder, n_bins=config.n_bins, progress=True)
     recorder.close()
     training = {
         "n_fit_configs": len(fit_set.atoms),
@@ -84,7 +84,7 @@ def run_forcefield_pipeline(
     }
     report = evaluate_ltau(
         lambda structures, progress: evaluate_mace(trained, structures, progress=progress),
-        distributions,
+        candidates,
         fit_set,
         validation,
         tests,

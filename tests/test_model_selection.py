@@ -1,0 +1,125 @@
+"""Choosing k and the burn-in on validation data (``ltau.applications.uq_evaluation``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ltau import ErrorDistributions, ErrorLog, ErrorRecorder, LTAUEstimator, metrics
+from ltau.applications.uq_evaluation import (
+    CV_FOLDS,
+    CV_SEED,
+    burn_in_candidates,
+    choose_configuration,
+)
+from ltau.exceptions import LTAUInputError
+
+N_EPOCHS = 8
+
+
+def error_scale(x: np.ndarray) -> np.ndarray:
+    return np.exp(1.5 * x[:, 0])
+
+
+@pytest.fixture(scope="module")
+def problem(tmp_path_factory):
+    """Training samples whose first half of epochs is noise unrelated to their error scale,
+    logged by two models; validation errors follow the scale; structures of 10 samples."""
+    rng = np.random.default_rng(4)
+    x_train = rng.uniform(-1, 1, (400, 2)).astype(np.float32)
+    path = tmp_path_factory.mktemp("selection") / "log.h5"
+    recorder = ErrorRecorder(400, log_path=path)
+    for epoch in range(N_EPOCHS):
+        for member in (0, 1):
+            if epoch < N_EPOCHS // 2:
+                errors = np.exp(rng.uniform(-2, 2, 400)) * np.abs(rng.normal(size=400))
+            else:
+                errors = error_scale(x_train) * np.abs(rng.normal(size=400))
+            recorder.record_epoch(errors + 1e-6, member=member)
+    x_val = rng.uniform(-1, 1, (200, 2)).astype(np.float32)
+    val_errors = error_scale(x_val) * np.abs(rng.normal(size=200))
+    groups = np.repeat(np.arange(20), 10)
+    return recorder, path, x_train, x_val, val_errors, groups
+
+
+def test_burn_in_candidates_share_the_bins_of_the_whole_log(problem):
+    recorder, path, *_ = problem
+    with ErrorLog(path) as log:
+        candidates = burn_in_candidates(log, n_bins=40)
+        errors, members = log.to_array(), log.members
+    assert sorted(candidates) == [0, 2, 4, 6]  # 0, 25, 50, 75% of 8 epochs per model
+    bins = candidates[0].bins
+    epoch = np.array([np.count_nonzero(members[:row] == members[row]) for row in range(16)])
+    for skip, distributions in candidates.items():
+        assert distributions.bins == bins
+        want = ErrorDistributions.from_errors(errors[epoch >= skip].T, bins)
+        np.testing.assert_array_equal(distributions.counts, want.counts)
+    with ErrorLog(path) as log:
+        one_model = burn_in_candidates(log, n_bins=40, members=[1])
+    mine = members == 1
+    assert one_model[0].bins == ErrorDistributions.from_errors(errors[mine].T, n_bins=40).bins
+    for skip, distributions in one_model.items():
+        want = ErrorDistributions.from_errors(errors[mine & (epoch >= skip)].T, one_model[0].bins)
+        np.testing.assert_array_equal(distributions.counts, want.counts)
+    from_recorder = burn_in_candidates(recorder, n_bins=40)
+    for skip in candidates:
+        np.testing.assert_array_equal(from_recorder[skip].counts, candidates[skip].counts)
+
+
+def test_the_cross_validated_crps_is_scored_on_held_out_structures(problem):
+    _, path, x_train, x_val, val_errors, groups = problem
+    with ErrorLog(path) as log:
+        candidates = burn_in_candidates(log, n_bins=40)
+    chosen = choose_configuration(
+        x_train, candidates, x_val, val_errors, groups, k_candidates=(5, 20)
+    )
+    assert set(chosen["cv_crps"]) == {
+        f"skip_epochs={s},k={k}" for s in (0, 2, 4, 6) for k in (5, 20)
+    }
+    best = min(chosen["cv_crps"], key=chosen["cv_crps"].get)
+    assert best == f"skip_epochs={chosen['skip_epochs']},k={chosen['k']}"
+    # The noise epochs carry no information about the validation errors: a burn-in wins.
+    assert chosen["skip_epochs"] >= 4
+    assert chosen["cv_crps"]["skip_epochs=4,k=20"] < chosen["cv_crps"]["skip_epochs=0,k=20"]
+
+    # Direct recomputation of one entry: folds are whole structures, shuffled with CV_SEED.
+    order = np.random.default_rng(CV_SEED).permutation(np.unique(groups))
+    fold_of = {g: i % CV_FOLDS for i, g in enumerate(order)}
+    folds = np.array([fold_of[g] for g in groups])
+    total = 0.0
+    for fold in range(CV_FOLDS):
+        held = folds == fold
+        assert np.intersect1d(groups[held], groups[~held]).size == 0
+        estimator = LTAUEstimator(5).fit(x_train, candidates[2])
+        estimator.calibrate(x_val[~held], val_errors[~held], groups=groups[~held])
+        prediction = estimator.predict(x_val[held], groups=groups[held], return_pdf=True)
+        mass = prediction.pdf * prediction.bins.widths
+        total += metrics.crps_histogram(mass, prediction.bins, val_errors[held]) * held.sum()
+    assert chosen["cv_crps"]["skip_epochs=2,k=5"] == pytest.approx(total / groups.size, rel=1e-12)
+
+
+def test_choosing_needs_two_samples_and_a_k_that_fits(problem):
+    _, path, x_train, x_val, val_errors, groups = problem
+    with ErrorLog(path) as log:
+        candidates = {0: log.distributions(n_bins=40)}
+    with pytest.raises(LTAUInputError, match="at least 2 validation samples; got 1"):
+        choose_configuration(x_train, candidates, x_val[:1], val_errors[:1], None)
+    # One structure only: folds of single atoms, the same as without groups.
+    one = choose_configuration(x_train, candidates, x_val, val_errors, np.zeros(200, int))
+    none = choose_configuration(x_train, candidates, x_val, val_errors, None)
+    assert (one["k"], one["skip_epochs"]) == (none["k"], none["skip_epochs"])
+    with pytest.raises(LTAUInputError, match="no k among"):
+        choose_configuration(x_train, candidates, x_val, val_errors, groups, k_candidates=(500,))
+    with pytest.raises(LTAUInputError, match="group"):
+        choose_configuration(x_train, candidates, x_val, val_errors, groups[:10])
+    with pytest.raises(LTAUInputError):
+        choose_configuration(x_train, candidates, x_val, np.full(200, np.nan), groups)
+    # Without groups the folds are made of single samples.
+    chosen = choose_configuration(x_train, candidates, x_val, val_errors, None, k_candidates=(20,))
+    assert chosen["k"] == 20 and chosen["skip_epochs"] == 0
+
+
+def test_burn_in_candidates_need_a_logged_epoch(tmp_path):
+    recorder = ErrorRecorder(5, log_path=tmp_path / "log.h5")
+    with pytest.raises(LTAUInputError, match="no completed epoch for these models"):
+        burn_in_candidates(recorder)
