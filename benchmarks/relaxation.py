@@ -31,7 +31,7 @@ with EMT. Reported:
 
 Usage::
 
-    flock /work/torch.lock env OMP_NUM_THREADS=2 .venv/bin/python benchmarks/relaxation.py
+    python benchmarks/relaxation.py
     python benchmarks/relaxation.py --epochs 2 --members 2 --n-seen 4 --n-unseen 4 --steps 10
 """
 
