@@ -351,6 +351,8 @@ def test_bad_recorder_settings(tmp_path):
         recorder.distributions(Bins.linear(0.0, 2.0, 4))
     with pytest.raises(LTAUInputError, match="need the raw log"):
         recorder.distributions(members=[0])
+    with pytest.raises(LTAUInputError, match="a burn-in need the raw log"):
+        recorder.distributions(skip_epochs=1)
     with pytest.raises(LTAUFileError, match="does not exist"):
         ErrorRecorder(4, log_path=tmp_path / "missing_dir" / "log.h5")
 

@@ -234,8 +234,8 @@ class ErrorRecorder:
             return ErrorDistributions(live.bins, live.counts.copy(), live.n_below, live.n_above)
         if self._log is None:
             raise LTAUInputError(
-                "other bins or a subset of members need the raw log; create the recorder "
-                "with log_path"
+                "other bins, a subset of members or a burn-in need the raw log; create the "
+                "recorder with log_path"
             )
         self._log.flush()
         return _distributions_from_log(

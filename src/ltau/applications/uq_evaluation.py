@@ -110,11 +110,12 @@ def choose_configuration(
     the :data:`CV_FOLDS`-fold cross-validated CRPS of the calibrated prediction on validation.
 
     Validation samples are split into folds by ``validation_groups`` (a structure id per
-    atom, ``(n,)``; ``None``, or fewer structures than folds: by sample). For every pair, an estimator on the training
-    ``descriptors`` ``(n_train, d)`` and that burn-in's distributions is calibrated
-    (``calibration``, with the distance widening if ``widen``, on structures too if
-    ``group_widening``) on all folds but one and scored (CRPS, error units) on the held-out
-    fold. Returns ``{"k", "skip_epochs", "cv_crps": {"skip_epochs=S,k=K": CRPS}}``.
+    atom, ``(n,)``; ``None``, or fewer structures than folds: by sample). For every pair, an
+    estimator on the training ``descriptors`` ``(n_train, d)`` and that burn-in's
+    distributions is calibrated (``calibration``, with the distance widening if ``widen``, on
+    structures too if ``group_widening``) on all folds but one and scored (CRPS, error units)
+    on the held-out fold. Returns ``{"k", "skip_epochs", "cv_crps": {"skip_epochs=S,k=K":
+    CRPS}}``.
     """
     as_error_vector(validation_errors, "validation errors")
     errors = np.asarray(validation_errors, dtype=np.float64)
@@ -158,9 +159,9 @@ def choose_configuration(
                 mass = prediction.pdf * prediction.bins.widths
                 crps = metrics.crps_histogram(mass, prediction.bins, errors[held_out])
                 crps_sum += crps * np.count_nonzero(held_out)
-            scores[f"skip_epochs={skip},k={k}"] = crps_sum / n
-            if best is None or scores[f"skip_epochs={skip},k={k}"] < best[0]:
-                best = (scores[f"skip_epochs={skip},k={k}"], skip, k)
+            score = scores[f"skip_epochs={skip},k={k}"] = crps_sum / n
+            if best is None or score < best[0]:
+                best = (score, skip, k)
     if best is None:
         raise LTAUInputError(
             f"no k among {k_candidates} fits {descriptors.shape[0]} training samples"
@@ -264,7 +265,8 @@ def evaluate_ltau(
     summary = (
         f"{len(fit_set.atoms)} training structures ({fit_set.n_atoms} atoms), "
         f"{training['epochs']} epochs, k={estimator.n_neighbors}, a burn-in of "
-        f"{selection['skip_epochs']} epochs and {calibration} calibration chosen/fitted on {len(validation.atoms)} validation structures; "
+        f"{selection['skip_epochs']} epochs and {calibration} calibration chosen/fitted on "
+        f"{len(validation.atoms)} validation structures; "
         f"atol = {atol:.3g} eV/Å."
     )
     page = write_report(output_dir, title, summary, report, figures)
