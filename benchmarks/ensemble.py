@@ -4,8 +4,9 @@ ablation of LTAU's variants, over several seeds.
 For each dataset (acac DFT: train_300K -> test_MD_300K / test_MD_600K; the built-in EMT set:
 train -> test_in_domain / test_shifted), M MACE models are trained with seeds ``seed + m`` on
 the same 90% of the training file, all recording their per-atom force errors into one log.
-Every choice is made on the remaining 10% (the validation split): the burn-in and k (2-fold
-cross-validated CRPS, folds by structure; for ``ltau_published`` k by the Spearman of the raw
+Every choice is made on the remaining 10% (the validation split; whole MD runs and relaxations
+where the frames name theirs, as the EMT ones do): the burn-in and k (2-fold cross-validated
+CRPS over 5 shuffles, folds of whole runs, else structures; for ``ltau_published`` k by the Spearman of the raw
 expected error), the distance widening, the isotonic calibration and ``atol`` (the 90%
 quantile of validation errors). Methods, on the same test atoms:
 
@@ -27,7 +28,7 @@ footprint at inference. Trained models and their log are kept in ``--work-dir/<d
 
 Usage::
 
-    python benchmarks/ensemble.py                       # both datasets, M=5, 3 seeds
+    python benchmarks/ensemble.py                       # both datasets, M=5, 5 seeds
     python benchmarks/ensemble.py --datasets emt --members 2 --seeds 2 --epochs 3   # quick
 """
 
@@ -57,8 +58,10 @@ from ltau.applications.ensembles import (
 )
 from ltau.applications.uq_evaluation import (
     K_CANDIDATES,
+    VALIDATION_GROUP_KEYS,
     burn_in_candidates,
     choose_configuration,
+    run_groups,
     split_validation,
 )
 from ltau.atomistic.oracle import default_splits, isolated_atom_energies
@@ -121,7 +124,13 @@ def train_members(
     Returns ``(models, log path, training seconds per member)``.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"dataset": name, "epochs": epochs, "seed": seed, "validation_fraction": 0.1}
+    settings = {
+        "dataset": name,
+        "epochs": epochs,
+        "seed": seed,
+        "validation_fraction": 0.1,
+        "validation_group_keys": list(VALIDATION_GROUP_KEYS),
+    }
     record = work_dir / "training.json"
     log_path = work_dir / "errors.h5"
     model_paths = [work_dir / f"model{member}.pt" for member in range(members)]
@@ -183,6 +192,7 @@ def run_dataset(
     )
     sets = {"validation": validation, **tests}
     groups = {set_name: s.index.configuration_of_atoms for set_name, s in sets.items()}
+    validation_runs = run_groups(validation)[groups["validation"]]  # cross-validation folds
     evaluations, forward_seconds = {}, {}
     for set_name, structures in sets.items():
         evaluations[set_name], forward_seconds[set_name] = [], []
@@ -231,6 +241,7 @@ def run_dataset(
                     validation_m.force_errors,
                     groups["validation"],
                     group_widening=use_groups,
+                    fold_groups=validation_runs,
                 )
                 k, skip = chosen["k"], chosen["skip_epochs"]
             else:  # as published: all epochs, k by the raw expected error's Spearman
@@ -325,6 +336,11 @@ def run_dataset(
         "members": members,
         "epochs": epochs,
         "n_seeds": n_seeds,
+        "validation_split": {
+            "configs": len(validation.atoms),
+            "runs": int(np.unique(validation_runs).size),
+            "group_keys": list(VALIDATION_GROUP_KEYS),
+        },
         "train_seconds": train_seconds,
         "train_cost_ratio": sum(train_seconds) / train_seconds[0],
         "inference_us_per_atom_ltau": 1e6 * single_cost / n_atoms,
@@ -433,7 +449,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", choices=("acac", "emt"), default=["acac", "emt"])
     parser.add_argument("--members", type=int, default=5)
-    parser.add_argument("--seeds", type=int, default=3, help="single models evaluated (<= M)")
+    parser.add_argument(
+        "--seeds", type=int, help="single models evaluated (<= M; default: all M members)"
+    )
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument(
         "--work-dir", type=Path, help="where trained models are kept (default OUTPUT/work)"
@@ -446,6 +464,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.members < 2:
         parser.error("--members must be at least 2 (an ensemble)")
+    args.seeds = args.members if args.seeds is None else args.seeds
     if not 1 <= args.seeds <= args.members:
         parser.error("--seeds must lie between 1 and --members")
     args.output_dir.mkdir(parents=True, exist_ok=True)

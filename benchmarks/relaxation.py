@@ -6,8 +6,9 @@ Everything is generated with ASE's EMT calculator as the oracle (no downloads):
   CO, N adsorbates, minus four held-out (metal, adsorbate) pairs; Langevin MD at 300, 600 and
   900 K plus frames along EMT relaxations;
 * one MACE model (member 0) trained with per-atom error logging; LTAU fitted on its
-  descriptors with k, the isotonic calibration and atol chosen on a 10% validation split of the
-  training data (``ltau.applications.forcefield.fit_ltau``); M - 1 more members trained with
+  descriptors with k, the burn-in, the widening, the isotonic calibration and atol chosen on a
+  10% validation split of the training data that holds out whole MD runs and relaxations
+  (``ltau.applications.uq_evaluation.fit_ltau``); M - 1 more members trained with
   other seeds on the same data for the ensemble baseline;
 * test: initial structures of the training pairs (new random streams) and of the four held-out
   pairs, rattled by 0.1 Å, relaxed with member 0 + LTAU (FIRE, fmax 0.05 eV/Å, at most
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace) -> dict:
         evaluate_mace(model, fit_set).descriptors,
         candidates,
         evaluate_mace(model, validation),
-        validation.index.configuration_of_atoms,
+        validation,
         "isotonic",
     )
     calculator = LTAUCalculator(model, estimator, atol=atol)

@@ -1,10 +1,12 @@
 """LTAU for a plain PyTorch Lightning regressor (not a force field), through LTAUCallback.
 
-Data: scikit-learn's Friedman #3 function (4 inputs, noise 0.05), split at random into 80%
-training and 20% validation. An MLP is trained with Lightning while the callback records every
-training sample's |error| at every epoch from the training step's own outputs; LTAU (k = 10,
-fixed beforehand) is fitted on the network's last hidden layer, and the validation split,
-which played no part in any choice, gives the metrics.
+Data: scikit-learn's Friedman #3 function (4 inputs, noise 0.05), split at random into 60%
+training, 20% validation and 20% test. An MLP is trained with Lightning while the callback
+records every training sample's |error| at every epoch from the training step's own outputs.
+LTAU is fitted on the network's last hidden layer with the library's default choices, all made
+on the validation split: k and the burn-in by cross-validated CRPS, then the distance widening
+and the isotonic calibration. The test split, which played no part in any choice, gives the
+metrics.
 
     .venv/bin/python examples/lightning_regression.py [--epochs 100]
 
@@ -25,6 +27,7 @@ from sklearn.datasets import make_friedman3
 from torch.utils.data import DataLoader, TensorDataset
 
 from ltau import ErrorRecorder, LTAUEstimator, metrics
+from ltau.applications.uq_evaluation import burn_in_candidates, choose_configuration
 from ltau.integrations.lightning import LTAUCallback
 from ltau.integrations.torch import LayerOutput
 
@@ -59,7 +62,7 @@ def main(epochs: int, seed: int) -> dict:
     lightning.seed_everything(seed, verbose=False)
     inputs, targets = make_friedman3(n_samples=2000, noise=0.05, random_state=seed)
     order = np.random.default_rng(seed).permutation(len(targets))
-    train, validation = order[: len(order) * 4 // 5], order[len(order) * 4 // 5 :]
+    train, validation, test = np.split(order, [len(order) * 3 // 5, len(order) * 4 // 5])
     mean, std = inputs[train].mean(axis=0), inputs[train].std(axis=0)
     x = torch.tensor((inputs - mean) / std, dtype=torch.float32)
     y = torch.tensor(targets, dtype=torch.float32)
@@ -84,28 +87,39 @@ def main(epochs: int, seed: int) -> dict:
             enable_progress_bar=False,
         )
         trainer.fit(model, DataLoader(train_set, batch_size=32, shuffle=True))
-        distributions = recorder.distributions(n_bins=100, spacing="log")
+        candidates = burn_in_candidates(recorder, n_bins=100)  # {epochs skipped: distributions}
         recorder.close()
 
     train_descriptors = callback.descriptors(model, DataLoader(train_set, batch_size=256))
-    estimator = LTAUEstimator(10).fit(train_descriptors, distributions)
-
     model.eval()
+    outputs, descriptors = {}, {}
     with torch.no_grad(), LayerOutput(model, "body") as hook:
-        predictions = model(x[validation])
-    errors = (predictions - y[validation]).abs().numpy()
-    prediction = estimator.predict(hook.output.numpy(), confidence=0.9)
+        for name, rows in (("validation", validation), ("test", test)):
+            outputs[name] = model(x[rows])
+            descriptors[name] = hook.output.numpy()
+    errors = {
+        "validation": (outputs["validation"] - y[validation]).abs().numpy(),
+        "test": (outputs["test"] - y[test]).abs().numpy(),
+    }
+    chosen = choose_configuration(
+        train_descriptors, candidates, descriptors["validation"], errors["validation"], None
+    )
+    estimator = LTAUEstimator(chosen["k"]).fit(train_descriptors, candidates[chosen["skip_epochs"]])
+    estimator.calibrate(descriptors["validation"], errors["validation"])
+    prediction = estimator.predict(descriptors["test"], confidence=0.9)
     return {
         "n_train": len(train),
         "n_validation": len(validation),
+        "n_test": len(test),
         "epochs": epochs,
-        "k": 10,
-        "validation_rmse": metrics.rmse(errors),
-        "validation_spearman_expected_vs_true_error": metrics.spearman(
-            prediction.expected_error, errors
+        "k": chosen["k"],
+        "skip_epochs": chosen["skip_epochs"],
+        "test_rmse": metrics.rmse(errors["test"]),
+        "test_spearman_expected_vs_true_error": metrics.spearman(
+            prediction.expected_error, errors["test"]
         ),
-        "validation_coverage_0.9_interval": metrics.interval_coverage(
-            errors, prediction.interval_lower, prediction.interval_upper
+        "test_coverage_0.9_interval": metrics.interval_coverage(
+            errors["test"], prediction.interval_lower, prediction.interval_upper
         ),
     }
 

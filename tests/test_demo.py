@@ -11,6 +11,7 @@ pytest.importorskip("sklearn")
 
 from ltau import LTAUEstimator
 from ltau.cli import main
+from ltau.demos.tabular import K_CANDIDATES
 
 
 @pytest.mark.parametrize("dataset", ["friedman", "diabetes"])
@@ -37,11 +38,18 @@ def test_demo_writes_report(tmp_path, dataset):
     assert report["n_epochs_recorded"] == 4
     for split in ("test", "shifted"):
         assert -1 <= report[split]["spearman_expected_vs_true_error"] <= 1
-        assert 0 <= report[split]["coverage_0.9_interval_uncalibrated"] <= 1
+        assert 0 <= report[split]["coverage_0.9_interval"] <= 1
     assert 0 <= report["auroc_ood_score_shifted_vs_test"] <= 1
+    # k and the burn-in: the best cross-validated CRPS of every pair tried on validation.
+    scores = report["validation_cv_crps"]
+    assert set(scores) == {f"skip_epochs={s},k={k}" for s in (0, 1, 2, 3) for k in K_CANDIDATES}
+    skipped, k = report["skip_epochs_chosen_on_validation"], report["k_chosen_on_validation"]
+    assert min(scores, key=scores.get) == f"skip_epochs={skipped},k={k}"
     estimator = LTAUEstimator.load(tmp_path / "estimator.h5")
-    assert estimator.n_neighbors == report["k_chosen_on_validation"]
+    assert estimator.n_neighbors == k and estimator.metadata_["skip_epochs"] == skipped
     assert estimator.distributions_.n_samples == report["n_train"]
+    assert estimator.distributions_.n_observations.min() == 4 - skipped
+    assert estimator.calibrator_ is not None and estimator.widening_ is not None
 
 
 def test_demo_rejects_bad_epochs(tmp_path, capsys):

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ase import Atoms
 
 from ltau import ErrorDistributions, ErrorLog, ErrorRecorder, LTAUEstimator, metrics
 from ltau.applications.uq_evaluation import (
     CV_FOLDS,
+    CV_REPEATS,
     CV_SEED,
     burn_in_candidates,
     choose_configuration,
+    run_groups,
+    split_validation,
 )
+from ltau.atomistic.structures import LabelledStructures
 from ltau.exceptions import LTAUInputError
 
 N_EPOCHS = 8
@@ -82,20 +87,49 @@ def test_the_cross_validated_crps_is_scored_on_held_out_structures(problem):
     assert chosen["skip_epochs"] >= 4
     assert chosen["cv_crps"]["skip_epochs=4,k=20"] < chosen["cv_crps"]["skip_epochs=0,k=20"]
 
-    # Direct recomputation of one entry: folds are whole structures, shuffled with CV_SEED.
-    order = np.random.default_rng(CV_SEED).permutation(np.unique(groups))
-    fold_of = {g: i % CV_FOLDS for i, g in enumerate(order)}
-    folds = np.array([fold_of[g] for g in groups])
+    # Direct recomputation of one entry: folds are whole structures.
+    score = _cv_crps(x_train, candidates[2], 5, x_val, val_errors, groups, groups)
+    assert chosen["cv_crps"]["skip_epochs=2,k=5"] == pytest.approx(score, rel=1e-12)
+
+
+def test_folds_keep_whole_runs_when_given(problem):
+    _, path, x_train, x_val, val_errors, groups = problem
+    runs = groups // 4  # 5 runs of 4 structures
+    with ErrorLog(path) as log:
+        candidates = {0: log.distributions(n_bins=40)}
+    chosen = choose_configuration(
+        x_train, candidates, x_val, val_errors, groups, k_candidates=(10,), fold_groups=runs
+    )
+    score = _cv_crps(x_train, candidates[0], 10, x_val, val_errors, groups, runs)
+    assert chosen["cv_crps"]["skip_epochs=0,k=10"] == pytest.approx(score, rel=1e-12)
+    # Fewer runs than folds: folds of structures, as without runs.
+    one_run = choose_configuration(
+        x_train, candidates, x_val, val_errors, groups, k_candidates=(10,), fold_groups=0 * runs
+    )
+    plain = choose_configuration(x_train, candidates, x_val, val_errors, groups, k_candidates=(10,))
+    assert one_run["cv_crps"] == plain["cv_crps"]
+    with pytest.raises(LTAUInputError, match="group"):
+        choose_configuration(x_train, candidates, x_val, val_errors, groups, fold_groups=runs[:5])
+
+
+def _cv_crps(x_train, distributions, k, x_val, errors, groups, units) -> float:
+    """CV-CRPS computed directly: folds of whole ``units``, reshuffled CV_REPEATS times from
+    CV_SEED; the mean over all held-out atoms of all repeats."""
+    rng = np.random.default_rng(CV_SEED)
     total = 0.0
-    for fold in range(CV_FOLDS):
-        held = folds == fold
-        assert np.intersect1d(groups[held], groups[~held]).size == 0
-        estimator = LTAUEstimator(5).fit(x_train, candidates[2])
-        estimator.calibrate(x_val[~held], val_errors[~held], groups=groups[~held])
-        prediction = estimator.predict(x_val[held], groups=groups[held], return_pdf=True)
-        mass = prediction.pdf * prediction.bins.widths
-        total += metrics.crps_histogram(mass, prediction.bins, val_errors[held]) * held.sum()
-    assert chosen["cv_crps"]["skip_epochs=2,k=5"] == pytest.approx(total / groups.size, rel=1e-12)
+    for _ in range(CV_REPEATS):
+        order = rng.permutation(np.unique(units))
+        fold_of = {u: i % CV_FOLDS for i, u in enumerate(order)}
+        folds = np.array([fold_of[u] for u in units])
+        for fold in range(CV_FOLDS):
+            held = folds == fold
+            assert np.intersect1d(units[held], units[~held]).size == 0
+            estimator = LTAUEstimator(k).fit(x_train, distributions)
+            estimator.calibrate(x_val[~held], errors[~held], groups=groups[~held])
+            prediction = estimator.predict(x_val[held], groups=groups[held], return_pdf=True)
+            mass = prediction.pdf * prediction.bins.widths
+            total += metrics.crps_histogram(mass, prediction.bins, errors[held]) * held.sum()
+    return total / (errors.size * CV_REPEATS)
 
 
 def test_choosing_needs_two_samples_and_a_k_that_fits(problem):
@@ -123,3 +157,59 @@ def test_burn_in_candidates_need_a_logged_epoch(tmp_path):
     recorder = ErrorRecorder(5, log_path=tmp_path / "log.h5")
     with pytest.raises(LTAUInputError, match="no completed epoch for these models"):
         burn_in_candidates(recorder)
+
+
+def _frames(infos: list[dict]) -> LabelledStructures:
+    atoms = []
+    for position, info in enumerate(infos):
+        frame = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.7 + 0.01 * position]])
+        frame.info.update(info)
+        atoms.append(frame)
+    return LabelledStructures(atoms)
+
+
+def _positions(structures: LabelledStructures) -> list[float]:
+    """Each frame's bond length, which identifies it (see :func:`_frames`)."""
+    return [round(float(a.get_distance(0, 1)), 2) for a in structures.atoms]
+
+
+def test_without_group_keys_the_split_is_by_configuration():
+    structures = _frames([{"config_type": "md"}] * 40)
+    fit, validation = split_validation(structures, 0.1, seed=3)
+    assert len(validation.atoms) == 4 and len(fit.atoms) == 36
+    # The held-out configurations are the first four of the seeded permutation.
+    held = np.sort(np.random.default_rng(3).permutation(40)[:4])
+    assert _positions(validation) == [round(0.7 + 0.01 * i, 2) for i in held]
+    assert sorted(_positions(fit) + _positions(validation)) == _positions(structures)
+
+
+def test_frames_of_one_run_stay_on_one_side_of_the_split():
+    infos = [{"config_type": "md", "trajectory": i // 4} for i in range(40)]
+    infos += [{"config_type": "relaxation", "relaxation": i // 5} for i in range(20)]
+    # Same trajectory number, other config_type: another run.
+    infos += [{"config_type": "hot_md", "trajectory": 0} for _ in range(4)]
+    structures = _frames(infos)
+    groups = run_groups(structures)
+    assert groups.max() + 1 == 10 + 4 + 1
+    np.testing.assert_array_equal(groups[:8], [0, 0, 0, 0, 1, 1, 1, 1])
+    assert groups[-1] != groups[0]
+    for seed in range(5):
+        fit, validation = split_validation(structures, 0.2, seed=seed)
+        fit_runs = {tuple(sorted(a.info.items())) for a in fit.atoms}
+        validation_runs = {tuple(sorted(a.info.items())) for a in validation.atoms}
+        assert not fit_runs & validation_runs
+        assert len(fit.atoms) + len(validation.atoms) == 64
+        # Whole groups are added until 20% is reached, and not one more.
+        wanted = round(0.2 * 64)
+        assert wanted <= len(validation.atoms) < wanted + 5
+
+
+def test_bad_validation_splits_are_refused():
+    structures = _frames([{"trajectory": 0}] * 10)
+    with pytest.raises(LTAUInputError, match="1 groups"):
+        split_validation(structures, 0.1, seed=0)
+    for fraction in (0, 1, -0.5, float("nan")):
+        with pytest.raises(LTAUInputError, match="validation_fraction"):
+            split_validation(_frames([{}] * 10), fraction, seed=0)
+    with pytest.raises(LTAUInputError, match="group_keys"):
+        split_validation(_frames([{}] * 10), 0.1, seed=0, group_keys="trajectory")

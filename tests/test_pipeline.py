@@ -43,6 +43,10 @@ def test_demo_on_user_files_writes_report(files, tmp_path):
     report = json.loads((out / "metrics.json").read_text())
     in_domain, hot = report["sets"]["in_domain"], report["sets"]["hot"]
     assert report["training"]["epochs"] == 2 and report["training"]["n_models_pooled"] == 2
+    # Validation holds out one whole MD run (2 frames of 9 atoms) of the 6 in the file.
+    assert report["training"]["n_validation_runs"] == 1
+    assert report["training"]["n_validation_configs"] == 2
+    assert report["training"]["n_fit_atoms"] == 10 * 9
     with ErrorLog(out / "errors.h5") as log:  # two seeds' trajectories, pooled per atom
         assert log.n_samples == report["training"]["n_fit_atoms"]
         assert np.bincount(log.members).tolist() == [2, 2]

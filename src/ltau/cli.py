@@ -221,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--isolated-atoms", type=Path, help="extxyz of isolated atoms (E0s)")
     demo.add_argument("--calibration", choices=("isotonic", "scale"), default="isotonic")
     demo.add_argument(
+        "--group-key",
+        action="append",
+        metavar="KEY",
+        help="info key naming the MD run or relaxation of a training frame; validation holds "
+        "out whole runs (repeatable; default: trajectory, relaxation)",
+    )
+    demo.add_argument(
         "--models", type=int, default=1, help="train M models (seeds) and pool their errors"
     )
     demo.add_argument(
@@ -480,6 +487,7 @@ def _run_demo(args: argparse.Namespace) -> None:
             )
             return
         from ltau.applications.forcefield import PipelineConfig
+        from ltau.applications.uq_evaluation import VALIDATION_GROUP_KEYS
         from ltau.demos.forcefield import run_emt_demo, run_files
         from ltau.integrations.mace import MACESettings
     except ImportError as exc:
@@ -495,6 +503,7 @@ def _run_demo(args: argparse.Namespace) -> None:
         calibration=args.calibration,
         seed=args.seed,
         n_models=args.models,
+        validation_group_keys=tuple(args.group_key or VALIDATION_GROUP_KEYS),
         in_domain=args.in_domain or (next(iter(tests)) if tests else "test_in_domain"),
     )
     if args.train is None:

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ltau.applications.uq_evaluation import burn_in_candidates, evaluate_ltau, split_validation
+from ltau.applications.uq_evaluation import (
+    VALIDATION_GROUP_KEYS,
+    burn_in_candidates,
+    evaluate_ltau,
+    run_groups,
+    split_validation,
+)
 from ltau.atomistic.structures import LabelledStructures
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
@@ -25,6 +31,9 @@ class PipelineConfig:
     epochs: int = 40
     settings: MACESettings = field(default_factory=MACESettings)
     validation_fraction: float = 0.1
+    validation_group_keys: tuple[str, ...] = VALIDATION_GROUP_KEYS
+    """``atoms.info`` keys naming the run a training frame came from: validation holds out
+    whole runs (see :func:`~ltau.applications.uq_evaluation.split_validation`)."""
     calibration: str = "isotonic"
     in_domain: str = "test_in_domain"
     seed: int = 0
@@ -52,7 +61,9 @@ def run_forcefield_pipeline(
             f"in-domain test set {config.in_domain!r} not among the test sets {sorted(tests)}"
         )
     started = time.perf_counter()
-    fit_set, validation = split_validation(train, config.validation_fraction, config.seed)
+    fit_set, validation = split_validation(
+        train, config.validation_fraction, config.seed, config.validation_group_keys
+    )
 
     if config.n_models < 1:
         raise LTAUInputError(f"n_models must be at least 1; got {config.n_models}")
@@ -76,6 +87,10 @@ def run_forcefield_pipeline(
         "n_fit_configs": len(fit_set.atoms),
         "n_fit_atoms": fit_set.n_atoms,
         "n_validation_configs": len(validation.atoms),
+        "n_validation_runs": int(
+            np.unique(run_groups(validation, config.validation_group_keys)).size
+        ),
+        "validation_group_keys": list(config.validation_group_keys),
         "epochs": config.epochs,
         "n_models_pooled": config.n_models,
         "epoch_seconds_mean": float(np.mean(trained.epoch_seconds)),
@@ -91,6 +106,7 @@ def run_forcefield_pipeline(
         output_dir,
         in_domain=config.in_domain,
         calibration=config.calibration,
+        group_keys=config.validation_group_keys,
         training=training,
         title=title,
         started=started,

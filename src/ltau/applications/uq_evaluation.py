@@ -2,13 +2,15 @@
 error distributions, make every choice on a validation split, evaluate test sets, report.
 
 Choices that affect uncertainty quality are made on a validation split carved from the
-training set (never on a test set). k and the burn-in (how many of each model's first epochs
-the error distributions leave out) are chosen together by the 2-fold cross-validated CRPS of
-the final, widened and calibrated prediction on it (folds by structure: widening and
-calibration fitted on one half, scored on the other). The distance widening (how errors grow
-with the atom's and its structure's distance to the training set) and the calibration map are
-then fitted on all of it, and the error tolerance ``atol`` used for exceedance flags is its
-90th percentile of true errors.
+training set (never on a test set), in whole MD runs or relaxations where the structures say
+which they came from. k and the burn-in (how many of each model's first epochs the error
+distributions leave out) are chosen together by the 2-fold cross-validated CRPS of the final,
+widened and calibrated prediction on it, averaged over 5 shuffles of the folds (folds of
+whole runs, else of structures: widening and calibration fitted on one half, scored on the
+other). The distance
+widening (how errors grow with the atom's and its structure's distance to the training set)
+and the calibration map are then fitted on all of it, and the error tolerance ``atol`` used
+for exceedance flags is its 90th percentile of true errors.
 
 Per-atom quantities: true error ``||F_pred - F_ref||_2`` (eV/Å); predicted expected error
 (eV/Å); exceedance ``P(error > atol)``; OOD score = mean Euclidean distance to the k nearest
@@ -18,6 +20,7 @@ training atoms in the model's invariant descriptor space. Any model plugs in thr
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,24 +41,68 @@ K_CANDIDATES = (5, 10, 20, 50)
 BURN_IN_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 """Fractions of each model's epochs that the candidate distributions leave out."""
 CV_FOLDS = 2
+CV_REPEATS = 5
+"""Cross-validation is repeated with this many shuffles of the folds, to steady the choice."""
 CV_SEED = 0
+VALIDATION_GROUP_KEYS = ("trajectory", "relaxation")
+"""``atoms.info`` keys whose shared values make configurations one group of the validation
+split (the frames of one MD run or one relaxation), as the built-in EMT data records them."""
 CONFIDENCE = 0.9
 ATOL_QUANTILE = 0.9
 
 
 def split_validation(
-    structures: LabelledStructures, fraction: float, seed: int
+    structures: LabelledStructures,
+    fraction: float,
+    seed: int,
+    group_keys: Sequence[str] = VALIDATION_GROUP_KEYS,
 ) -> tuple[LabelledStructures, LabelledStructures]:
-    """Random split by configuration into (fit, validation)."""
+    """Random split into (fit, validation) that holds out about ``fraction`` of the
+    configurations, in whole groups.
+
+    Configurations sharing a value of the first of ``group_keys`` that their ``atoms.info``
+    holds (and the same ``config_type``) form one group, e.g. the frames of one MD run: the
+    validation set then stands for new runs, as test sets do, rather than for frames
+    correlated with training ones. Configurations without any of the keys are groups of one.
+    Groups are drawn in a random order until the validation set holds ``round(fraction * n)``
+    configurations or more.
+    """
     if not 0 < fraction < 1:
         raise LTAUInputError(f"validation_fraction must lie in (0, 1); got {fraction}")
-    order = np.random.default_rng(seed).permutation(len(structures.atoms))
-    n_validation = max(1, round(fraction * len(order)))
-    if n_validation >= len(order):
-        raise LTAUInputError("too few training structures to carve out a validation split")
-    return structures.subset(np.sort(order[n_validation:])), structures.subset(
-        np.sort(order[:n_validation])
-    )
+    group_of_config = run_groups(structures, group_keys)
+    n_groups = group_of_config.max() + 1
+    wanted = max(1, round(fraction * len(group_of_config)))
+    held_out = np.zeros(len(group_of_config), dtype=bool)
+    for group in np.random.default_rng(seed).permutation(n_groups):
+        if np.count_nonzero(held_out) >= wanted:
+            break
+        held_out |= group_of_config == group
+    if held_out.all():
+        raise LTAUInputError(
+            f"too few training structures ({len(held_out)} in {n_groups} groups by "
+            f"{list(group_keys)}) to carve out a validation split"
+        )
+    return structures.subset(np.flatnonzero(~held_out)), structures.subset(np.flatnonzero(held_out))
+
+
+def run_groups(
+    structures: LabelledStructures, group_keys: Sequence[str] = VALIDATION_GROUP_KEYS
+) -> np.ndarray:
+    """The run (group) of every configuration, ``(n_configs,)`` ints numbered in order of first
+    appearance: see :func:`split_validation`."""
+    if isinstance(group_keys, str) or not all(isinstance(k, str) for k in group_keys):
+        raise LTAUInputError(f"group_keys must be a sequence of info keys; got {group_keys!r}")
+    ids: dict[tuple, int] = {}
+    labels = []
+    for position, atoms in enumerate(structures.atoms):
+        key = next((k for k in group_keys if k in atoms.info), None)
+        label = (
+            ("single", position)
+            if key is None
+            else (key, str(atoms.info[key]), str(atoms.info.get("config_type")))
+        )
+        labels.append(ids.setdefault(label, len(ids)))
+    return np.asarray(labels, dtype=np.int64)
 
 
 class Evaluation(Protocol):
@@ -105,12 +152,15 @@ def choose_configuration(
     widen: bool = True,
     group_widening: bool = True,
     k_candidates: tuple[int, ...] = K_CANDIDATES,
+    fold_groups: np.ndarray | None = None,
 ) -> dict:
     """Choose k and the burn-in (a key of ``candidates``, see :func:`burn_in_candidates`) by
-    the :data:`CV_FOLDS`-fold cross-validated CRPS of the calibrated prediction on validation.
+    the :data:`CV_FOLDS`-fold cross-validated CRPS of the calibrated prediction on validation,
+    averaged over :data:`CV_REPEATS` shuffles of the folds.
 
-    Validation samples are split into folds by ``validation_groups`` (a structure id per
-    atom, ``(n,)``; ``None``, or fewer structures than folds: by sample). For every pair, an
+    Validation samples are split into folds of whole ``fold_groups`` (e.g. the MD run of each
+    atom, ``(n,)``; default, or fewer runs than folds: ``validation_groups``, a structure id per
+    atom; ``None``, or fewer structures than folds: single samples). For every pair, an
     estimator on the training ``descriptors`` ``(n_train, d)`` and that burn-in's
     distributions is calibrated (``calibration``, with the distance widening if ``widen``, on
     structures too if ``group_widening``) on all folds but one and scored (CRPS, error units)
@@ -123,16 +173,18 @@ def choose_configuration(
     groups = (
         np.arange(n) if validation_groups is None else group_labels(validation_groups, n, "atom")
     )
-    # Folds of whole structures; with fewer structures than folds, of single samples.
-    units = groups if np.unique(groups).size >= CV_FOLDS else np.arange(n)
-    unique_units = np.unique(units)
-    if unique_units.size < CV_FOLDS:
+    if n < CV_FOLDS:
         raise LTAUInputError(
             f"choosing k and the burn-in needs at least {CV_FOLDS} validation samples; got {n}"
         )
-    shuffled = np.random.default_rng(CV_SEED).permutation(unique_units)
-    fold_of_unit = dict(zip(shuffled.tolist(), np.arange(shuffled.size) % CV_FOLDS, strict=True))
-    folds = np.array([fold_of_unit[u] for u in units.tolist()])
+    # Folds of whole runs, else of whole structures, else of single samples.
+    runs = None if fold_groups is None else group_labels(fold_groups, n, "atom")
+    units = next(
+        labels
+        for labels in (runs, groups, np.arange(n))
+        if labels is not None and np.unique(labels).size >= CV_FOLDS
+    )
+    folds = cross_validation_folds(units)
     fit_groups = groups if (widen and group_widening and validation_groups is not None) else None
     scores: dict[str, float] = {}
     best: tuple[float, int, int] | None = None
@@ -142,8 +194,8 @@ def choose_configuration(
                 continue
             estimator = LTAUEstimator(k).fit(descriptors, distributions)
             crps_sum = 0.0
-            for fold in range(CV_FOLDS):
-                held_out = folds == fold
+            for fold_of_sample, fold in itertools.product(folds, range(CV_FOLDS)):
+                held_out = fold_of_sample == fold
                 estimator.calibrate(
                     validation_descriptors[~held_out],
                     errors[~held_out],
@@ -159,7 +211,7 @@ def choose_configuration(
                 mass = prediction.pdf * prediction.bins.widths
                 crps = metrics.crps_histogram(mass, prediction.bins, errors[held_out])
                 crps_sum += crps * np.count_nonzero(held_out)
-            score = scores[f"skip_epochs={skip},k={k}"] = crps_sum / n
+            score = scores[f"skip_epochs={skip},k={k}"] = crps_sum / (n * CV_REPEATS)
             if best is None or score < best[0]:
                 best = (score, skip, k)
     if best is None:
@@ -167,6 +219,20 @@ def choose_configuration(
             f"no k among {k_candidates} fits {descriptors.shape[0]} training samples"
         )
     return {"k": best[2], "skip_epochs": best[1], "cv_crps": scores}
+
+
+def cross_validation_folds(units: np.ndarray) -> list[np.ndarray]:
+    """:data:`CV_REPEATS` assignments of samples to :data:`CV_FOLDS` folds, each a fresh
+    shuffle of the distinct ``units`` (one per sample, ``(n,)``; a unit stays in one fold):
+    a list of ``(n,)`` fold numbers."""
+    unique_units, unit_of_sample = np.unique(units, return_inverse=True)
+    rng = np.random.default_rng(CV_SEED)
+    folds = []
+    for _ in range(CV_REPEATS):
+        fold_of_unit = np.empty(unique_units.size, dtype=np.int64)
+        fold_of_unit[rng.permutation(unique_units.size)] = np.arange(unique_units.size) % CV_FOLDS
+        folds.append(fold_of_unit[unit_of_sample])
+    return folds
 
 
 def evaluate_ltau(
@@ -182,6 +248,7 @@ def evaluate_ltau(
     training: dict,
     title: str,
     started: float,
+    group_keys: Sequence[str] = VALIDATION_GROUP_KEYS,
 ) -> dict:
     """The model-agnostic half of the pipeline: fit LTAU on the training atoms' descriptors
     and the burn-in ``candidates`` (:func:`burn_in_candidates`), choose k / burn-in /
@@ -189,7 +256,8 @@ def evaluate_ltau(
     report and metrics into ``output_dir``.
 
     ``evaluate(structures, progress)`` runs the trained model; ``training`` is reported as is;
-    ``started`` is the ``time.perf_counter()`` at the start of the run (for ``wall_seconds``).
+    ``started`` is the ``time.perf_counter()`` at the start of the run (for ``wall_seconds``);
+    ``group_keys`` name the runs that cross-validation folds keep whole (:func:`run_groups`).
     """
     fit_eval = evaluate(fit_set, True)
     validation_eval = evaluate(validation, False)
@@ -197,8 +265,9 @@ def evaluate_ltau(
         fit_eval.descriptors,
         candidates,
         validation_eval,
-        validation.index.configuration_of_atoms,
+        validation,
         calibration,
+        group_keys=group_keys,
     )
     estimator.save(
         output_dir / "estimator.h5",
@@ -252,7 +321,8 @@ def evaluate_ltau(
         "chosen_on_validation": {
             "k": estimator.n_neighbors,
             "skip_epochs": selection["skip_epochs"],
-            "selection": "2-fold cross-validated CRPS (folds by structure)",
+            "selection": f"{CV_FOLDS}-fold cross-validated CRPS, {CV_REPEATS} shuffles "
+            "(folds of whole runs, else of structures)",
             "cv_crps": selection["cv_crps"],
             "calibration": calibration,
             "atol_eV_per_A": atol,
@@ -306,35 +376,40 @@ def fit_ltau(
     descriptors: np.ndarray,
     candidates: dict[int, ErrorDistributions],
     validation: Evaluation,
-    validation_structures: np.ndarray,
+    validation_set: LabelledStructures,
     calibration: str = "isotonic",
+    *,
+    group_keys: Sequence[str] = VALIDATION_GROUP_KEYS,
 ) -> tuple[LTAUEstimator, dict, float]:
     """Fit LTAU on the training atoms' ``descriptors`` and burn-in ``candidates``
     (:func:`burn_in_candidates`), with every choice made on the labelled ``validation``
-    evaluation (never a test set): k and the burn-in (:func:`choose_configuration`), then the
-    distance widening and ``calibration`` map on all of it (``validation_structures``: the
-    structure of each validation atom, ``(n_atoms,)``), and ``atol`` (eV/Å), the
-    :data:`ATOL_QUANTILE` quantile of the validation errors.
+    evaluation of ``validation_set`` (never a test set): k and the burn-in
+    (:func:`choose_configuration`, folds of whole runs by ``group_keys``, see
+    :func:`run_groups`), then the distance widening (structures as groups) and
+    ``calibration`` map on all of it, and ``atol`` (eV/Å), the :data:`ATOL_QUANTILE` quantile
+    of the validation errors.
 
     Returns ``(estimator, selection, atol)``, ``selection`` as from
     :func:`choose_configuration`.
     """
     if validation.force_errors is None:
         raise LTAUInputError("the validation structures need reference forces")
+    structures = validation_set.index.configuration_of_atoms
     selection = choose_configuration(
         descriptors,
         candidates,
         validation.descriptors,
         validation.force_errors,
-        validation_structures,
+        structures,
         calibration,
+        fold_groups=run_groups(validation_set, group_keys)[structures],
     )
     estimator = LTAUEstimator(selection["k"]).fit(descriptors, candidates[selection["skip_epochs"]])
     estimator.calibrate(
         validation.descriptors,
         validation.force_errors,
         method=calibration,
-        groups=validation_structures,
+        groups=structures,
     )
     atol = float(np.quantile(validation.force_errors, ATOL_QUANTILE))
     return estimator, selection, atol

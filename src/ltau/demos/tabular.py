@@ -6,8 +6,10 @@ which 5 matter, Gaussian noise sigma 0.1) and ``diabetes`` (442 real patients; s
 noisy). The 15% of samples with the largest value of one relevant input (``x0`` for friedman,
 BMI for diabetes) are held out as a shifted test set; the rest is split 60/20/20 into train /
 validation / in-domain test. While the network trains, each training sample's absolute error is recorded from the
-training step's own forward pass. LTAU is fitted on the network's last hidden layer; k is
-chosen on the validation split only, then the estimator is evaluated on both test sets.
+training step's own forward pass. LTAU is fitted on the network's last hidden layer with the
+library's default choices, all made on the validation split only: k and the burn-in by
+cross-validated CRPS, then the distance widening and the isotonic calibration. The estimator
+is then evaluated on both test sets.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ltau import metrics
 from ltau._io import atomic_path
 from ltau._validation import positive_int
+from ltau.applications.uq_evaluation import burn_in_candidates, choose_configuration
 from ltau.estimator import LTAUEstimator, LTAUPrediction
 from ltau.exceptions import LTAUInputError
 from ltau.integrations.torch import LayerOutput, SampleErrorLogger, train_with_error_logging
@@ -148,24 +151,30 @@ def run_tabular_demo(
     output_dir.mkdir(parents=True, exist_ok=True)
     splits = load_splits(dataset, seed)
     model, recorder = train_with_recording(splits["train"], epochs, seed, output_dir / "errors.h5")
-    distributions = recorder.distributions(n_bins=100, spacing="log", progress=True)
+    candidates = burn_in_candidates(recorder, n_bins=100, progress=True)
     recorder.close()
     evaluated = {name: evaluate_model(model, split) for name, split in splits.items()}
 
-    # k is chosen on the validation split only (Spearman of predicted vs observed error).
+    # Every choice is made on the validation split only (folds by sample: no structures here).
     train_descriptors = evaluated["train"][0]
     validation_descriptors, validation_errors = evaluated["validation"]
-    spearman_by_k = {}
-    for k in K_CANDIDATES:
-        if k <= len(train_descriptors):
-            estimator = LTAUEstimator(k).fit(train_descriptors, distributions)
-            predicted = estimator.predict(validation_descriptors).expected_error
-            spearman_by_k[k] = metrics.spearman(predicted, validation_errors)
-    best_k = max(spearman_by_k, key=spearman_by_k.get)
-    estimator = LTAUEstimator(best_k).fit(train_descriptors, distributions)
+    chosen = choose_configuration(
+        train_descriptors,
+        candidates,
+        validation_descriptors,
+        validation_errors,
+        None,
+        k_candidates=K_CANDIDATES,
+    )
+    estimator = LTAUEstimator(chosen["k"]).fit(train_descriptors, candidates[chosen["skip_epochs"]])
+    estimator.calibrate(validation_descriptors, validation_errors)
     estimator.save(
         output_dir / "estimator.h5",
-        metadata={"task": f"{dataset} regression demo", "error_unit": "target units"},
+        metadata={
+            "task": f"{dataset} regression demo",
+            "error_unit": "target units",
+            "skip_epochs": chosen["skip_epochs"],
+        },
     )
 
     atol = float(np.median(validation_errors))
@@ -177,8 +186,9 @@ def run_tabular_demo(
         "dataset": DATASETS[dataset],
         "n_train": len(splits["train"].targets),
         "n_epochs_recorded": recorder.n_epochs,
-        "k_chosen_on_validation": best_k,
-        "validation_spearman_by_k": spearman_by_k,
+        "k_chosen_on_validation": chosen["k"],
+        "skip_epochs_chosen_on_validation": chosen["skip_epochs"],
+        "validation_cv_crps": chosen["cv_crps"],
         "atol": atol,
         "atol_rule": "median absolute validation error",
     }
@@ -210,7 +220,7 @@ def split_metrics(prediction: LTAUPrediction, errors: np.ndarray, atol: float) -
         "mean_expected_error": float(prediction.expected_error.mean()),
         "spearman_expected_vs_true_error": metrics.spearman(prediction.expected_error, errors),
         "auroc_exceedance_flags_error_above_atol": flagged_auroc,
-        f"coverage_{CONFIDENCE:g}_interval_uncalibrated": metrics.interval_coverage(
+        f"coverage_{CONFIDENCE:g}_interval": metrics.interval_coverage(
             errors, prediction.interval_lower, prediction.interval_upper
         ),
         "mean_ood_score": float(prediction.ood_score.mean()),
@@ -255,8 +265,9 @@ def write_report(
 <style>body{{font-family:sans-serif;max-width:60em;margin:auto}}td,th{{padding:2px 8px;text-align:left}}</style>
 </head><body><h1>LTAU on a plain regression task</h1>
 <p>{html.escape(report["dataset"])}. {report["n_train"]} training samples,
-{report["n_epochs_recorded"]} epochs recorded, k = {report["k_chosen_on_validation"]} (chosen on
-validation), atol = {report["atol"]:.3g}. AUROC of the OOD score, shifted vs in-domain test:
+{report["n_epochs_recorded"]} epochs recorded, k = {report["k_chosen_on_validation"]} and
+the first {report["skip_epochs_chosen_on_validation"]} epochs left out (chosen on validation);
+calibrated on validation; atol = {report["atol"]:.3g}. AUROC of the OOD score, shifted vs in-domain test:
 {report["auroc_ood_score_shifted_vs_test"]:.3f}.</p>
 <table><tr><th></th><th>in-domain test</th><th>shifted test</th></tr>{rows}</table>
 <img src="predicted_vs_true.png" alt="predicted versus true error">
@@ -275,10 +286,13 @@ def _save_figure(figure: plt.Figure, path: Path) -> None:
 def summary_text(report: dict, output_dir: Path) -> str:
     test, shifted = report["test"], report["shifted"]
     return (
-        f"LTAU demo (k={report['k_chosen_on_validation']}, chosen on validation)\n"
+        f"LTAU demo (k={report['k_chosen_on_validation']}, first "
+        f"{report['skip_epochs_chosen_on_validation']} epochs left out; chosen on validation)\n"
         f"  Spearman(expected, true |error|): in-domain {test['spearman_expected_vs_true_error']:.3f}, "
         f"shifted {shifted['spearman_expected_vs_true_error']:.3f}\n"
         f"  RMSE: in-domain {test['rmse']:.1f}, shifted {shifted['rmse']:.1f}\n"
+        f"  90% interval coverage: in-domain {test['coverage_0.9_interval']:.3f}, "
+        f"shifted {shifted['coverage_0.9_interval']:.3f}\n"
         f"  AUROC of OOD score (shifted vs in-domain): "
         f"{report['auroc_ood_score_shifted_vs_test']:.3f}\n"
         f"  report: {output_dir / 'report.html'}, metrics: {output_dir / 'metrics.json'}"
