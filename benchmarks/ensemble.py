@@ -10,10 +10,13 @@ CRPS over 5 shuffles, folds of whole runs, else structures; for ``ltau_published
 expected error), the distance widening, the isotonic calibration and ``atol`` (the 90%
 quantile of validation errors). Methods, on the same test atoms:
 
-* ``ltau``                 - one model and its own error trajectories, with the burn-in and k
-  chosen by cross-validated CRPS on validation and the distance widening fitted on the atom
-  and structure OOD scores (the estimator's default calibration);
-* ``ltau_all_epochs``      - the same with every epoch kept (k chosen the same way);
+* ``ltau``                 - one model and its own error trajectories, with the burn-in, k and
+  the distance scale (absolute, or relative to the training set's local spacing) chosen by
+  cross-validated CRPS on validation and the distance widening fitted on the atom and
+  structure OOD scores (the estimator's default calibration);
+* ``ltau_absolute_distance`` - the same with absolute distances only (the default until the
+  local scale was added);
+* ``ltau_all_epochs``      - the default with every epoch kept (k and scale chosen the same way);
 * ``ltau_atom_widening``   - the default, widened with the atom OOD score only (no structures);
 * ``ltau_published``       - the method as published: kNN mixture, then isotonic calibration;
 * ``distance``             - the model's mean distance to the k nearest training atoms alone;
@@ -57,6 +60,7 @@ from ltau.applications.ensembles import (
     metrics_of,
 )
 from ltau.applications.uq_evaluation import (
+    DISTANCE_SCALES,
     K_CANDIDATES,
     VALIDATION_GROUP_KEYS,
     burn_in_candidates,
@@ -69,11 +73,12 @@ from ltau.atomistic.structures import read_structures
 from ltau.integrations.mace import MACESettings, TrainedMACE, evaluate_mace, train_mace
 
 ACAC = Path(__file__).resolve().parents[2] / "shared" / "data" / "acac"
-VARIANTS = {  # LTAU variant: (burn-in chosen, distance widening, structures as groups)
-    "ltau": (True, True, True),
-    "ltau_all_epochs": (False, True, True),
-    "ltau_atom_widening": (True, True, False),
-    "ltau_published": (False, False, False),
+VARIANTS = {  # LTAU variant: (burn-in chosen, distance widening, structures as groups, scales)
+    "ltau": (True, True, True, DISTANCE_SCALES),
+    "ltau_absolute_distance": (True, True, True, ("absolute",)),
+    "ltau_all_epochs": (False, True, True, DISTANCE_SCALES),
+    "ltau_atom_widening": (True, True, False, DISTANCE_SCALES),
+    "ltau_published": (False, False, False, ("absolute",)),
 }
 METHODS = (*VARIANTS, "distance", "ensemble")
 TABLE_METRICS = {
@@ -232,7 +237,7 @@ def run_dataset(
         results: dict[str, dict] = {}
         predictions: dict[str, dict] = {}
         choices: dict[str, dict] = {}
-        for variant, (burn_in, widen, use_groups) in VARIANTS.items():
+        for variant, (burn_in, widen, use_groups, scales) in VARIANTS.items():
             if widen:
                 chosen = choose_configuration(
                     fit_descriptors,
@@ -241,13 +246,16 @@ def run_dataset(
                     validation_m.force_errors,
                     groups["validation"],
                     group_widening=use_groups,
+                    distance_scales=scales,
                     fold_groups=validation_runs,
                 )
-                k, skip = chosen["k"], chosen["skip_epochs"]
+                k, skip, scale = chosen["k"], chosen["skip_epochs"], chosen["distance_scale"]
             else:  # as published: all epochs, k by the raw expected error's Spearman
-                k, skip = max(spearman_by_k, key=spearman_by_k.get), 0
-            choices[variant] = {"k": k, "skip_epochs": skip}
-            estimator = LTAUEstimator(k).fit(fit_descriptors, candidates[skip])
+                k, skip, scale = max(spearman_by_k, key=spearman_by_k.get), 0, "absolute"
+            choices[variant] = {"k": k, "skip_epochs": skip, "distance_scale": scale}
+            estimator = LTAUEstimator(k, distance_scale=scale).fit(
+                fit_descriptors, candidates[skip]
+            )
             estimator.calibrate(
                 validation_m.descriptors,
                 validation_m.force_errors,
@@ -426,7 +434,7 @@ def markdown_table(report: dict) -> str:
     for dataset, values in report["datasets"].items():
         lines.append(
             f"\n**{dataset}** (M = {values['members']}, {values['epochs']} epochs, "
-            f"{values['n_seeds']} seeds; default LTAU's (k, burn-in epochs) per seed "
+            f"{values['n_seeds']} seeds; default LTAU's (k, burn-in epochs, distance scale) per seed "
             f"{[tuple(run['choices']['ltau'].values()) for run in values['per_seed']]}; "
             f"train cost ratio "
             f"{values['train_cost_ratio']:.2f}, inference cost ratio "

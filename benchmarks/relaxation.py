@@ -309,6 +309,7 @@ def run(args: argparse.Namespace) -> dict:
         "chosen_on_validation": {
             "k": estimator.n_neighbors,
             "skip_epochs": selection["skip_epochs"],
+            "distance_scale": selection["distance_scale"],
             "cv_crps": selection["cv_crps"],
             "atol_eV_per_A": atol,
         },

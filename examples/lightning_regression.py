@@ -104,7 +104,9 @@ def main(epochs: int, seed: int) -> dict:
     chosen = choose_configuration(
         train_descriptors, candidates, descriptors["validation"], errors["validation"], None
     )
-    estimator = LTAUEstimator(chosen["k"]).fit(train_descriptors, candidates[chosen["skip_epochs"]])
+    estimator = LTAUEstimator(chosen["k"], distance_scale=chosen["distance_scale"]).fit(
+        train_descriptors, candidates[chosen["skip_epochs"]]
+    )
     estimator.calibrate(descriptors["validation"], errors["validation"])
     prediction = estimator.predict(descriptors["test"], confidence=0.9)
     return {
@@ -114,6 +116,7 @@ def main(epochs: int, seed: int) -> dict:
         "epochs": epochs,
         "k": chosen["k"],
         "skip_epochs": chosen["skip_epochs"],
+        "distance_scale": chosen["distance_scale"],
         "test_rmse": metrics.rmse(errors["test"]),
         "test_spearman_expected_vs_true_error": metrics.spearman(
             prediction.expected_error, errors["test"]

@@ -110,6 +110,19 @@ def test_npy_and_npz_outputs(recorded, capsys):
     with np.load(d / "p.npz", allow_pickle=False) as archive:
         pdf, edges = archive["pdf"], archive["bin_edges"]
     np.testing.assert_allclose((pdf * np.diff(edges)).sum(axis=1), 1.0)
+    # --distance-scale local: the same estimator as the Python API's.
+    fit_local = ("fit", "--descriptors", d / "train.npy", "--distributions", d / "dist.h5")
+    run(capsys, *fit_local, "-o", d / "local.h5", "--distance-scale", "local")
+    local = LTAUEstimator.load(d / "local.h5")
+    direct = LTAUEstimator(local.n_neighbors, distance_scale="local").fit(
+        np.load(d / "train.npy"), load_distributions(d / "dist.h5")
+    )
+    np.testing.assert_array_equal(local.local_scale_, direct.local_scale_)
+    with pytest.raises(SystemExit) as stopped:
+        run(capsys, *fit_local, "-o", d / "bad.h5", "--distance-scale", "relative")
+    assert stopped.value.code == 2
+    assert "invalid choice: 'relative'" in capsys.readouterr().err
+    assert not (d / "bad.h5").exists()
 
 
 def test_calibrate_with_groups_matches_python_api(recorded, capsys):

@@ -42,11 +42,18 @@ def test_demo_writes_report(tmp_path, dataset):
     assert 0 <= report["auroc_ood_score_shifted_vs_test"] <= 1
     # k and the burn-in: the best cross-validated CRPS of every pair tried on validation.
     scores = report["validation_cv_crps"]
-    assert set(scores) == {f"skip_epochs={s},k={k}" for s in (0, 1, 2, 3) for k in K_CANDIDATES}
+    assert set(scores) == {
+        f"skip_epochs={s},k={k},distance_scale={d}"
+        for s in (0, 1, 2, 3)
+        for k in K_CANDIDATES
+        for d in ("absolute", "local")
+    }
     skipped, k = report["skip_epochs_chosen_on_validation"], report["k_chosen_on_validation"]
-    assert min(scores, key=scores.get) == f"skip_epochs={skipped},k={k}"
+    scale = report["distance_scale_chosen_on_validation"]
+    assert min(scores, key=scores.get) == f"skip_epochs={skipped},k={k},distance_scale={scale}"
     estimator = LTAUEstimator.load(tmp_path / "estimator.h5")
     assert estimator.n_neighbors == k and estimator.metadata_["skip_epochs"] == skipped
+    assert estimator.distance_scale == scale
     assert estimator.distributions_.n_samples == report["n_train"]
     assert estimator.distributions_.n_observations.min() == 4 - skipped
     assert estimator.calibrator_ is not None and estimator.widening_ is not None

@@ -208,6 +208,99 @@ def test_missing_neighbours_are_left_out_of_the_average(small_data):
             estimator.predict_from_neighbors(distances, indices[:1])
 
 
+def _local_scales_by_hand(train: np.ndarray, k: int) -> np.ndarray:
+    """``c_j = (s_j + m) / (2 m)``: ``s_j`` the mean distance to the k nearest *other* rows."""
+    train = np.asarray(train, dtype=np.float64)
+    pairwise = np.sqrt(np.sum((train[:, None, :] - train[None, :, :]) ** 2, axis=2))
+    np.fill_diagonal(pairwise, np.inf)
+    spacing = np.sort(pairwise, axis=1)[:, :k].mean(axis=1)
+    median = np.median(spacing)
+    return (spacing + median) / (2 * median)
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "distance"])
+def test_local_distance_scale_matches_direct_computation(small_data, weighting):
+    """Distances divided by the neighbour's local scale, for weights and OOD scores alike."""
+    train, queries, dist = small_data["train"], small_data["queries"], small_data["distributions"]
+    counts, edges, k = dist.counts.astype(np.int64), dist.bins.edges, 7
+    estimator = LTAUEstimator(k, weights=weighting, distance_scale="local").fit(train, dist)
+    scale = _local_scales_by_hand(train, k)
+    np.testing.assert_allclose(estimator.local_scale_, scale, rtol=1e-5)
+    assert np.median(estimator.local_scale_) == pytest.approx(1.0)
+
+    prediction = full_predict(estimator, queries)
+    want_d, want_i = brute_force_knn(train, queries, k)
+    np.testing.assert_array_equal(prediction.neighbor_indices, want_i)  # same neighbours
+    np.testing.assert_allclose(prediction.neighbor_distances, want_d, rtol=1e-4, atol=1e-3)
+    relative = want_d / scale[want_i]
+    np.testing.assert_allclose(prediction.ood_score, relative.mean(axis=1), rtol=1e-4)
+    weights = knn_weights(relative, weighting)
+    mix = mixture(counts, want_i, weights)
+    np.testing.assert_allclose(prediction.expected_error, expected(mix, edges), rtol=1e-4)
+    np.testing.assert_allclose(
+        prediction.exceedance[:, 2], exceedance(mix, edges, ATOLS[2]), rtol=1e-4, atol=1e-9
+    )
+    absolute = LTAUEstimator(k, weights=weighting).fit(train, dist).predict(queries)
+    assert absolute.ood_score == pytest.approx(want_d.mean(axis=1), rel=1e-4)
+    assert not np.allclose(absolute.ood_score, prediction.ood_score)
+
+    # Group OOD scores and the neighbour-level entry point use the same scaled distances.
+    groups = np.arange(queries.shape[0]) // 6
+    estimator.calibrate(queries, np.abs(queries[:, 0]) + 0.05, groups=groups)
+    grouped = estimator.predict(queries, groups=groups, atol=0.1, confidence=0.8)
+    again = estimator.predict_from_neighbors(
+        *estimator.kneighbors(queries), groups=groups, atol=0.1, confidence=0.8
+    )
+    assert_predictions_equal(again, grouped)
+
+
+def test_local_distance_scale_with_coincident_training_samples(small_data):
+    """Copies of a training row give it spacing 0; its scale stays finite: (0 + m) / 2m."""
+    train, dist = small_data["train"], small_data["distributions"]
+    copies = np.concatenate([train, train[:50], train[:50]])
+    copied_dist = ErrorDistributions(
+        dist.bins, np.concatenate([dist.counts, dist.counts[:50], dist.counts[:50]])
+    )
+    estimator = LTAUEstimator(2, distance_scale="local").fit(copies, copied_dist)
+    scale = estimator.local_scale_
+    assert np.all(np.isfinite(scale)) and np.all(scale > 0)
+    np.testing.assert_allclose(scale[:50], 0.5)  # two copies at distance 0: s_j = 0
+    np.testing.assert_allclose(scale, _local_scales_by_hand(copies, 2), rtol=1e-5, atol=1e-6)
+    prediction = estimator.predict(train[:50])
+    assert np.all(np.isfinite(prediction.ood_score))
+
+    same = np.ones((10, 6), dtype=np.float32)
+    with pytest.raises(LTAUInputError, match="needs distinct training descriptors"):
+        LTAUEstimator(3, distance_scale="local").fit(same, dist.subset(np.arange(10)))
+    with pytest.raises(LTAUInputError, match="needs at least 2 training samples"):
+        LTAUEstimator(1, distance_scale="local").fit(train[:1], dist.subset(np.arange(1)))
+
+
+@pytest.mark.parametrize(("kind", "params"), [("exact", {}), ("hnsw", {"ef_search": 48})])
+def test_local_scales_are_saved_and_checked(cluster_data, tmp_path, kind, params):
+    estimator = LTAUEstimator(6, distance_scale="local", index=kind, index_params=params)
+    estimator.fit(cluster_data["train"], cluster_data["distributions"])
+    path = tmp_path / "local.h5"
+    estimator.save(path)
+    loaded = LTAUEstimator.load(path)
+    assert loaded.get_params() == estimator.get_params()
+    np.testing.assert_array_equal(loaded.local_scale_, estimator.local_scale_)
+    queries = cluster_data["queries"]
+    assert_predictions_equal(full_predict(loaded, queries), full_predict(estimator, queries))
+
+    missing = tmp_path / "missing.h5"
+    missing.write_bytes(path.read_bytes())
+    with h5py.File(missing, "r+") as handle:
+        del handle["index/local_scale"]
+    with pytest.raises(
+        LTAUFileError, match="distance_scale='local' but the local scales are missing"
+    ):
+        LTAUEstimator.load(missing)
+    _flip_in_dataset(path, "index/local_scale", 0x5A)
+    with pytest.raises(LTAUFileError, match="is corrupted"):
+        LTAUEstimator.load(path)
+
+
 # ------------------------------------------------------- approximate vs exact
 
 
@@ -481,6 +574,7 @@ def test_predict_before_fit():
         ({"n_neighbors": 2.0}, r"n_neighbors must be a positive integer"),
         ({"batch_size": 0}, r"batch_size must be a positive integer"),
         ({"weights": "gaussian"}, r"weights must be 'uniform' or 'distance'"),
+        ({"distance_scale": "relative"}, r"distance_scale must be 'absolute' or 'local'"),
         ({"index": "annoy"}, r"unknown index type 'annoy'"),
         ({"index": "hnsw", "index_params": {"nprobe": 4}}, r"unknown parameters \['nprobe'\]"),
         ({"index": "ivfpq", "index_params": {"m": 5}}, r"m=5 must divide the descriptor size 6"),

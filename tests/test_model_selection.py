@@ -1,4 +1,4 @@
-"""Choosing k and the burn-in on validation data (``ltau.applications.uq_evaluation``)."""
+"""Choosing k, the burn-in and the distance scale on validation data (``ltau.applications.uq_evaluation``)."""
 
 from __future__ import annotations
 
@@ -79,17 +79,29 @@ def test_the_cross_validated_crps_is_scored_on_held_out_structures(problem):
         x_train, candidates, x_val, val_errors, groups, k_candidates=(5, 20)
     )
     assert set(chosen["cv_crps"]) == {
-        f"skip_epochs={s},k={k}" for s in (0, 2, 4, 6) for k in (5, 20)
+        f"skip_epochs={s},k={k},distance_scale={d}"
+        for s in (0, 2, 4, 6)
+        for k in (5, 20)
+        for d in ("absolute", "local")
     }
     best = min(chosen["cv_crps"], key=chosen["cv_crps"].get)
-    assert best == f"skip_epochs={chosen['skip_epochs']},k={chosen['k']}"
+    assert best == (
+        f"skip_epochs={chosen['skip_epochs']},k={chosen['k']},"
+        f"distance_scale={chosen['distance_scale']}"
+    )
     # The noise epochs carry no information about the validation errors: a burn-in wins.
     assert chosen["skip_epochs"] >= 4
-    assert chosen["cv_crps"]["skip_epochs=4,k=20"] < chosen["cv_crps"]["skip_epochs=0,k=20"]
+    scores = chosen["cv_crps"]
+    assert (
+        scores["skip_epochs=4,k=20,distance_scale=absolute"]
+        < (scores["skip_epochs=0,k=20,distance_scale=absolute"])
+    )
 
     # Direct recomputation of one entry: folds are whole structures.
-    score = _cv_crps(x_train, candidates[2], 5, x_val, val_errors, groups, groups)
-    assert chosen["cv_crps"]["skip_epochs=2,k=5"] == pytest.approx(score, rel=1e-12)
+    for scale in ("absolute", "local"):
+        score = _cv_crps(x_train, candidates[2], 5, x_val, val_errors, groups, groups, scale)
+        key = f"skip_epochs=2,k=5,distance_scale={scale}"
+        assert scores[key] == pytest.approx(score, rel=1e-12)
 
 
 def test_folds_keep_whole_runs_when_given(problem):
@@ -100,8 +112,9 @@ def test_folds_keep_whole_runs_when_given(problem):
     chosen = choose_configuration(
         x_train, candidates, x_val, val_errors, groups, k_candidates=(10,), fold_groups=runs
     )
-    score = _cv_crps(x_train, candidates[0], 10, x_val, val_errors, groups, runs)
-    assert chosen["cv_crps"]["skip_epochs=0,k=10"] == pytest.approx(score, rel=1e-12)
+    score = _cv_crps(x_train, candidates[0], 10, x_val, val_errors, groups, runs, "local")
+    key = "skip_epochs=0,k=10,distance_scale=local"
+    assert chosen["cv_crps"][key] == pytest.approx(score, rel=1e-12)
     # Fewer runs than folds: folds of structures, as without runs.
     one_run = choose_configuration(
         x_train, candidates, x_val, val_errors, groups, k_candidates=(10,), fold_groups=0 * runs
@@ -112,9 +125,9 @@ def test_folds_keep_whole_runs_when_given(problem):
         choose_configuration(x_train, candidates, x_val, val_errors, groups, fold_groups=runs[:5])
 
 
-def _cv_crps(x_train, distributions, k, x_val, errors, groups, units) -> float:
+def _cv_crps(x_train, distributions, k, x_val, errors, groups, units, scale) -> float:
     """CV-CRPS computed directly: folds of whole ``units``, reshuffled CV_REPEATS times from
-    CV_SEED; the mean over all held-out atoms of all repeats."""
+    CV_SEED; the mean over all held-out atoms of all repeats (``scale``: distance scale)."""
     rng = np.random.default_rng(CV_SEED)
     total = 0.0
     for _ in range(CV_REPEATS):
@@ -124,7 +137,7 @@ def _cv_crps(x_train, distributions, k, x_val, errors, groups, units) -> float:
         for fold in range(CV_FOLDS):
             held = folds == fold
             assert np.intersect1d(units[held], units[~held]).size == 0
-            estimator = LTAUEstimator(k).fit(x_train, distributions)
+            estimator = LTAUEstimator(k, distance_scale=scale).fit(x_train, distributions)
             estimator.calibrate(x_val[~held], errors[~held], groups=groups[~held])
             prediction = estimator.predict(x_val[held], groups=groups[held], return_pdf=True)
             mass = prediction.pdf * prediction.bins.widths
@@ -142,6 +155,20 @@ def test_choosing_needs_two_samples_and_a_k_that_fits(problem):
     one = choose_configuration(x_train, candidates, x_val, val_errors, np.zeros(200, int))
     none = choose_configuration(x_train, candidates, x_val, val_errors, None)
     assert (one["k"], one["skip_epochs"]) == (none["k"], none["skip_epochs"])
+    only_local = choose_configuration(
+        x_train, candidates, x_val, val_errors, groups, distance_scales=("local",)
+    )
+    assert only_local["distance_scale"] == "local"
+    assert all(key.endswith("distance_scale=local") for key in only_local["cv_crps"])
+    for scales in ("local", ()):
+        with pytest.raises(LTAUInputError, match="distance_scales must be a non-empty tuple"):
+            choose_configuration(
+                x_train, candidates, x_val, val_errors, groups, distance_scales=scales
+            )
+    with pytest.raises(LTAUInputError, match="distance_scale must be 'absolute' or 'local'"):
+        choose_configuration(
+            x_train, candidates, x_val, val_errors, groups, distance_scales=("relative",)
+        )
     with pytest.raises(LTAUInputError, match="no k among"):
         choose_configuration(x_train, candidates, x_val, val_errors, groups, k_candidates=(500,))
     with pytest.raises(LTAUInputError, match="group"):

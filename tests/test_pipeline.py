@@ -53,11 +53,16 @@ def test_demo_on_user_files_writes_report(files, tmp_path):
     chosen = report["chosen_on_validation"]
     skipped = chosen["skip_epochs"]  # burn-in candidates of 2 epochs per model: 0 or 1
     assert set(chosen["cv_crps"]) == {
-        f"skip_epochs={s},k={k}" for s in (0, 1) for k in (5, 10, 20, 50)
+        f"skip_epochs={s},k={k},distance_scale={d}"
+        for s in (0, 1)
+        for k in (5, 10, 20, 50)
+        for d in ("absolute", "local")
     }
     best = min(chosen["cv_crps"], key=chosen["cv_crps"].get)
-    assert best == f"skip_epochs={skipped},k={chosen['k']}"
+    scale = chosen["distance_scale"]
+    assert best == f"skip_epochs={skipped},k={chosen['k']},distance_scale={scale}"
     estimator = LTAUEstimator.load(out / "estimator.h5")
+    assert estimator.distance_scale == scale
     assert estimator.distributions_.n_observations.min() == 2 * (2 - skipped)
     assert estimator.metadata_["skip_epochs"] == skipped
     for key in ("spearman", "miscalibration_area", "coverage90", "force_rmse", "ence", "ause"):

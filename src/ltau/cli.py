@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("-o", "--output", type=Path, required=True, help="estimator file (.h5)")
     fit.add_argument("-k", "--neighbors", type=int, default=10, help="neighbours per query (10)")
     fit.add_argument("--weights", choices=("uniform", "distance"), default="uniform")
+    fit.add_argument(
+        "--distance-scale",
+        choices=("absolute", "local"),
+        default="absolute",
+        help="'local': distances relative to the training set's local spacing",
+    )
     fit.add_argument("--index", choices=sorted(INDEX_DEFAULTS), default="exact")
     fit.add_argument(
         "--index-param",
@@ -296,6 +302,7 @@ def _run_fit(args: argparse.Namespace) -> None:
     estimator = LTAUEstimator(
         args.neighbors,
         weights=args.weights,
+        distance_scale=args.distance_scale,
         index=args.index,
         index_params={k: _int_value(k, v) for k, v in _pairs(args.index_param).items()},
     )

@@ -4,6 +4,13 @@
 query's k nearest training samples (Euclidean distance in descriptor space) and averages their
 error distributions, uniformly or with inverse-distance weights ``w_j = 1 / max(d_j, 1e-12)``.
 
+Distances are Euclidean, or with ``distance_scale="local"`` divided by each training
+neighbour's local spacing: ``d_ij / c_j`` with ``c_j = (s_j + m) / (2 m)``, ``s_j`` the mean
+distance of training sample ``j`` to its own k nearest training samples and ``m`` the median of
+``s`` (so ``c_j = 1`` at the median). A query is then far from ``j`` relative to how densely the
+training set fills ``j``'s region, as in the local outlier factor; adding ``m`` keeps the scale
+finite where training samples coincide. Weights and OOD scores use these distances.
+
 Scalar outputs are linear in the neighbours' distributions, so they are computed from
 per-sample statistics precomputed once (expected error at fit time, exceedance once per
 ``atol``) and never gather ``k x n_bins`` arrays; quantiles, intervals and the full PDF need
@@ -68,6 +75,7 @@ _ESTIMATOR_ATTRIBUTES = (
 )
 _ESTIMATOR_ATTRIBUTES_V1 = _ESTIMATOR_ATTRIBUTES[:-1]
 Weighting = Literal["uniform", "distance"]
+DistanceScale = Literal["absolute", "local"]
 _MIN_DISTANCE = 1e-12
 _MIXTURE_FLOATS = 1 << 22
 """Largest ``queries x k x n_bins`` block gathered at once when forming mixtures (32 MB)."""
@@ -92,7 +100,8 @@ class LTAUPrediction:
 
     ``expected_error``: ``(n,)`` mean of the predicted error distribution (an expected |error|,
     not a standard deviation). ``ood_score``: ``(n,)`` mean Euclidean (not squared) distance to
-    the k neighbours, in descriptor units. ``exceedance``: ``(n, len(atol))`` ``P(error > atol)``.
+    the k neighbours, in descriptor units (each divided by the neighbour's local scale with
+    ``distance_scale="local"``); ``neighbor_distances`` are always the Euclidean ones. ``exceedance``: ``(n, len(atol))`` ``P(error > atol)``.
     ``quantiles``: ``(n, len(quantile_levels))``. ``interval_lower`` / ``interval_upper``:
     ``(n,)`` central interval at ``confidence``. ``pdf``: ``(n, n_bins)`` density on ``bins``.
     ``neighbor_indices`` / ``neighbor_distances``: ``(n, k)``.
@@ -156,6 +165,9 @@ class LTAUEstimator:
         k, the number of nearest training samples averaged per query.
     weights:
         ``"uniform"`` (plain mean) or ``"distance"`` (inverse-distance weights).
+    distance_scale:
+        ``"absolute"`` (Euclidean distances) or ``"local"`` (each divided by the training
+        neighbour's local spacing, see the module docstring) for weights and OOD scores.
     index:
         Neighbour search backend: ``"exact"``, ``"hnsw"`` or ``"ivfpq"`` (see :mod:`ltau.search`).
     index_params:
@@ -169,12 +181,14 @@ class LTAUEstimator:
         n_neighbors: int = 10,
         *,
         weights: Weighting = "uniform",
+        distance_scale: DistanceScale = "absolute",
         index: str = "exact",
         index_params: dict[str, int] | None = None,
         batch_size: int = 65536,
     ) -> None:
         self.n_neighbors = n_neighbors
         self.weights = weights
+        self.distance_scale = distance_scale
         self.index = index
         self.index_params = dict(index_params or {})
         self.batch_size = batch_size
@@ -195,7 +209,10 @@ class LTAUEstimator:
                 f"n_neighbors={self.n_neighbors} exceeds the {data.shape[0]} training samples"
             )
         neighbor_index = NeighborIndex(self.index, self.index_params).build(data)
-        self._set_fitted(neighbor_index, distributions)
+        local_scale = None
+        if self.distance_scale == "local":
+            local_scale = _local_scales(neighbor_index, data, self.n_neighbors, self.batch_size)
+        self._set_fitted(neighbor_index, distributions, local_scale)
         return self
 
     def _validate_settings(self) -> None:
@@ -203,11 +220,21 @@ class LTAUEstimator:
         positive_int(self.batch_size, "batch_size")
         if self.weights not in ("uniform", "distance"):
             raise LTAUInputError(f"weights must be 'uniform' or 'distance'; got {self.weights!r}")
+        if self.distance_scale not in ("absolute", "local"):
+            raise LTAUInputError(
+                f"distance_scale must be 'absolute' or 'local'; got {self.distance_scale!r}"
+            )
         NeighborIndex(self.index, self.index_params)  # validates the kind and its parameters
 
-    def _set_fitted(self, neighbor_index: NeighborIndex, distributions: ErrorDistributions) -> None:
+    def _set_fitted(
+        self,
+        neighbor_index: NeighborIndex,
+        distributions: ErrorDistributions,
+        local_scale: np.ndarray | None = None,
+    ) -> None:
         self.index_ = neighbor_index
         self.distributions_ = distributions
+        self.local_scale_ = local_scale
         self.sample_expected_error_ = distributions.expected_error()
         self._exceedance_cache: dict[float, np.ndarray] = {}
         self.calibrator_ = None
@@ -233,8 +260,17 @@ class LTAUEstimator:
         """``(distances, indices)`` of the k nearest training samples, each ``(n, k)``."""
         return self._fitted_index().search(descriptors, self.n_neighbors)
 
+    def scaled_distances(self, distances: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """Neighbour ``distances`` ``(n, k)`` as used for weights and OOD scores: unchanged, or
+        divided by the local scale ``c_j`` of each neighbour ``indices`` ``(n, k)``."""
+        distances = np.asarray(distances, dtype=np.float64)
+        if self.local_scale_ is None:
+            return distances
+        return distances / self.local_scale_[np.maximum(indices, 0)]
+
     def neighbor_weights(self, distances: np.ndarray) -> np.ndarray:
-        """Normalised averaging weights ``(n, k)`` for neighbour ``distances`` ``(n, k)``."""
+        """Normalised averaging weights ``(n, k)`` for neighbour ``distances`` ``(n, k)``
+        (as given by :meth:`scaled_distances`)."""
         distances = np.asarray(distances, dtype=np.float64)
         found = np.isfinite(distances)
         if not found.any(axis=1).all():
@@ -293,7 +329,12 @@ class LTAUEstimator:
         ]
         group_scores = None
         if group_ids is not None:
-            ood_scores = np.concatenate([_ood_scores(distances) for _, distances, _ in batches])
+            ood_scores = np.concatenate(
+                [
+                    _ood_scores(self.scaled_distances(distances, indices))
+                    for _, distances, indices in batches
+                ]
+            )
             group_scores = _group_means(ood_scores, group_ids)
         parts = [
             self._aggregate(
@@ -340,8 +381,9 @@ class LTAUEstimator:
         group_ids = _group_ids(groups, distances.shape[0])
         group_scores = None
         if group_ids is not None:
-            self.neighbor_weights(distances)  # refuses queries without any neighbour
-            group_scores = _group_means(_ood_scores(distances), group_ids)
+            scaled = self.scaled_distances(distances, indices)
+            self.neighbor_weights(scaled)  # refuses queries without any neighbour
+            group_scores = _group_means(_ood_scores(scaled), group_ids)
         return self._aggregate(
             distances,
             indices,
@@ -365,9 +407,10 @@ class LTAUEstimator:
         calibrated: bool,
     ) -> LTAUPrediction:
         """Neighbours ``(n, k)`` -> predicted statistics (options already validated)."""
-        weights = self.neighbor_weights(distances)
+        scaled = self.scaled_distances(distances, indices)
+        weights = self.neighbor_weights(scaled)
         safe = np.maximum(indices, 0)
-        ood_scores = _ood_scores(distances)
+        ood_scores = _ood_scores(scaled)
         calibrator = self.calibrator_ if calibrated else None
         factors = None
         if calibrator is not None and self.widening_ is not None:
@@ -579,6 +622,8 @@ class LTAUEstimator:
             sign_attributes(handle, _ESTIMATOR_ATTRIBUTES)
             write_distributions_group(handle.create_group("distributions"), self.distributions_)
             write_array(handle.create_group("index"), "faiss", neighbor_index.serialize())
+            if self.local_scale_ is not None:
+                write_array(handle["index"], "local_scale", self.local_scale_)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LTAUEstimator:
@@ -600,6 +645,11 @@ class LTAUEstimator:
             if "index" not in handle:
                 raise LTAUFileError(f"{path} is missing the group 'index'")
             serialized = read_array(handle["index"], "faiss", path)
+            local_scale = (
+                read_array(handle["index"], "local_scale", path)
+                if "local_scale" in handle["index"]
+                else None
+            )
         try:
             settings = json.loads(attributes["settings"])
             metadata = json.loads(attributes["metadata"])
@@ -616,7 +666,18 @@ class LTAUEstimator:
             raise LTAUFileError(f"{path}: index, distributions and sample count disagree")
         if neighbor_index.dim != int(attributes["descriptor_dim"]):
             raise LTAUFileError(f"{path}: the index dimension disagrees with the stored one")
-        estimator._set_fitted(neighbor_index, distributions)
+        if (local_scale is None) != (estimator.distance_scale == "absolute"):
+            raise LTAUFileError(
+                f"{path}: distance_scale={estimator.distance_scale!r} but the local scales are "
+                f"{'missing' if local_scale is None else 'present'}"
+            )
+        if local_scale is not None and (
+            local_scale.shape != (n_samples,)
+            or not np.all(np.isfinite(local_scale))
+            or np.any(local_scale <= 0)
+        ):
+            raise LTAUFileError(f"{path}: the stored local scales are invalid")
+        estimator._set_fitted(neighbor_index, distributions, local_scale)
         estimator.metadata_ = metadata
         try:
             calibration = json.loads(attributes["calibration"])
@@ -634,6 +695,7 @@ class LTAUEstimator:
         return {
             "n_neighbors": self.n_neighbors,
             "weights": self.weights,
+            "distance_scale": self.distance_scale,
             "index": self.index,
             "index_params": self.index_params,
             "batch_size": self.batch_size,
@@ -659,6 +721,29 @@ def _ood_scores(distances: np.ndarray) -> np.ndarray:
     found = np.isfinite(distances)
     with np.errstate(invalid="ignore", divide="ignore"):  # no neighbour: refused by the caller
         return np.sum(np.where(found, distances, 0.0), axis=1) / found.sum(axis=1)
+
+
+def _local_scales(
+    neighbor_index: NeighborIndex, descriptors: np.ndarray, k: int, batch_size: int
+) -> np.ndarray:
+    """Local scale ``c_j = (s_j + m) / (2 m)`` of each training sample, ``(n_samples,)``:
+    ``s_j`` its mean distance to its k nearest other training samples, ``m`` the median."""
+    n_samples = descriptors.shape[0]
+    if n_samples < 2:
+        raise LTAUInputError("distance_scale='local' needs at least 2 training samples")
+    searched = min(k + 1, n_samples)
+    spacing = np.empty(n_samples)
+    for start in range(0, n_samples, batch_size):
+        distances, _ = neighbor_index.search(descriptors[start : start + batch_size], searched)
+        # The nearest is the sample itself (or a copy of it at distance 0): leave one 0 out.
+        spacing[start : start + batch_size] = _ood_scores(distances[:, 1:])
+    spacing = np.where(np.isfinite(spacing), spacing, np.nanmedian(spacing))
+    median = float(np.median(spacing))
+    if not median > 0:
+        raise LTAUInputError(
+            "distance_scale='local' needs distinct training descriptors; most coincide"
+        )
+    return (spacing + median) / (2.0 * median)
 
 
 def _group_ids(groups: np.ndarray | None, n: int) -> np.ndarray | None:

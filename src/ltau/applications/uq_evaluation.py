@@ -14,7 +14,8 @@ for exceedance flags is its 90th percentile of true errors.
 
 Per-atom quantities: true error ``||F_pred - F_ref||_2`` (eV/Å); predicted expected error
 (eV/Å); exceedance ``P(error > atol)``; OOD score = mean Euclidean distance to the k nearest
-training atoms in the model's invariant descriptor space. Any model plugs in through an
+training atoms in the model's invariant descriptor space (relative to their local scales if
+the chosen distance scale is local). Any model plugs in through an
 ``evaluate(structures, progress)`` function returning descriptors and force errors.
 """
 
@@ -38,6 +39,8 @@ from ltau.recording import ErrorLog, ErrorRecorder
 from ltau.report import SetResults, write_report
 
 K_CANDIDATES = (5, 10, 20, 50)
+DISTANCE_SCALES = ("absolute", "local")
+"""Candidate ``distance_scale`` settings of :class:`~ltau.estimator.LTAUEstimator`."""
 BURN_IN_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 """Fractions of each model's epochs that the candidate distributions leave out."""
 CV_FOLDS = 2
@@ -152,20 +155,22 @@ def choose_configuration(
     widen: bool = True,
     group_widening: bool = True,
     k_candidates: tuple[int, ...] = K_CANDIDATES,
+    distance_scales: tuple[str, ...] = DISTANCE_SCALES,
     fold_groups: np.ndarray | None = None,
 ) -> dict:
-    """Choose k and the burn-in (a key of ``candidates``, see :func:`burn_in_candidates`) by
+    """Choose k, the burn-in (a key of ``candidates``, see :func:`burn_in_candidates`) and
+    the estimator's ``distance_scale`` (one of ``distance_scales``) by
     the :data:`CV_FOLDS`-fold cross-validated CRPS of the calibrated prediction on validation,
     averaged over :data:`CV_REPEATS` shuffles of the folds.
 
     Validation samples are split into folds of whole ``fold_groups`` (e.g. the MD run of each
     atom, ``(n,)``; default, or fewer runs than folds: ``validation_groups``, a structure id per
-    atom; ``None``, or fewer structures than folds: single samples). For every pair, an
+    atom; ``None``, or fewer structures than folds: single samples). For every setting, an
     estimator on the training ``descriptors`` ``(n_train, d)`` and that burn-in's
     distributions is calibrated (``calibration``, with the distance widening if ``widen``, on
     structures too if ``group_widening``) on all folds but one and scored (CRPS, error units)
-    on the held-out fold. Returns ``{"k", "skip_epochs", "cv_crps": {"skip_epochs=S,k=K":
-    CRPS}}``.
+    on the held-out fold; ties keep the earlier setting. Returns ``{"k", "skip_epochs",
+    "distance_scale", "cv_crps": {"skip_epochs=S,k=K,distance_scale=D": CRPS}}``.
     """
     as_error_vector(validation_errors, "validation errors")
     errors = np.asarray(validation_errors, dtype=np.float64)
@@ -185,40 +190,46 @@ def choose_configuration(
         if labels is not None and np.unique(labels).size >= CV_FOLDS
     )
     folds = cross_validation_folds(units)
+    if isinstance(distance_scales, str) or not distance_scales:
+        raise LTAUInputError(
+            f"distance_scales must be a non-empty tuple such as {DISTANCE_SCALES}; "
+            f"got {distance_scales!r}"
+        )
     fit_groups = groups if (widen and group_widening and validation_groups is not None) else None
     scores: dict[str, float] = {}
-    best: tuple[float, int, int] | None = None
-    for skip, distributions in sorted(candidates.items()):
-        for k in k_candidates:
-            if k > descriptors.shape[0]:
-                continue
-            estimator = LTAUEstimator(k).fit(descriptors, distributions)
-            crps_sum = 0.0
-            for fold_of_sample, fold in itertools.product(folds, range(CV_FOLDS)):
-                held_out = fold_of_sample == fold
-                estimator.calibrate(
-                    validation_descriptors[~held_out],
-                    errors[~held_out],
-                    method=calibration,
-                    groups=None if fit_groups is None else fit_groups[~held_out],
-                    widen=widen,
-                )
-                prediction = estimator.predict(
-                    validation_descriptors[held_out],
-                    groups=None if fit_groups is None else fit_groups[held_out],
-                    return_pdf=True,
-                )
-                mass = prediction.pdf * prediction.bins.widths
-                crps = metrics.crps_histogram(mass, prediction.bins, errors[held_out])
-                crps_sum += crps * np.count_nonzero(held_out)
-            score = scores[f"skip_epochs={skip},k={k}"] = crps_sum / (n * CV_REPEATS)
-            if best is None or score < best[0]:
-                best = (score, skip, k)
+    best: tuple[float, int, int, str] | None = None
+    settings = itertools.product(sorted(candidates.items()), k_candidates, distance_scales)
+    for (skip, distributions), k, scale in settings:
+        if k > descriptors.shape[0]:
+            continue
+        estimator = LTAUEstimator(k, distance_scale=scale).fit(descriptors, distributions)
+        crps_sum = 0.0
+        for fold_of_sample, fold in itertools.product(folds, range(CV_FOLDS)):
+            held_out = fold_of_sample == fold
+            estimator.calibrate(
+                validation_descriptors[~held_out],
+                errors[~held_out],
+                method=calibration,
+                groups=None if fit_groups is None else fit_groups[~held_out],
+                widen=widen,
+            )
+            prediction = estimator.predict(
+                validation_descriptors[held_out],
+                groups=None if fit_groups is None else fit_groups[held_out],
+                return_pdf=True,
+            )
+            mass = prediction.pdf * prediction.bins.widths
+            crps = metrics.crps_histogram(mass, prediction.bins, errors[held_out])
+            crps_sum += crps * np.count_nonzero(held_out)
+        key = f"skip_epochs={skip},k={k},distance_scale={scale}"
+        score = scores[key] = crps_sum / (n * CV_REPEATS)
+        if best is None or score < best[0]:
+            best = (score, skip, k, scale)
     if best is None:
         raise LTAUInputError(
             f"no k among {k_candidates} fits {descriptors.shape[0]} training samples"
         )
-    return {"k": best[2], "skip_epochs": best[1], "cv_crps": scores}
+    return {"k": best[2], "skip_epochs": best[1], "distance_scale": best[3], "cv_crps": scores}
 
 
 def cross_validation_folds(units: np.ndarray) -> list[np.ndarray]:
@@ -321,6 +332,7 @@ def evaluate_ltau(
         "chosen_on_validation": {
             "k": estimator.n_neighbors,
             "skip_epochs": selection["skip_epochs"],
+            "distance_scale": estimator.distance_scale,
             "selection": f"{CV_FOLDS}-fold cross-validated CRPS, {CV_REPEATS} shuffles "
             "(folds of whole runs, else of structures)",
             "cv_crps": selection["cv_crps"],
@@ -335,7 +347,8 @@ def evaluate_ltau(
     summary = (
         f"{len(fit_set.atoms)} training structures ({fit_set.n_atoms} atoms), "
         f"{training['epochs']} epochs, k={estimator.n_neighbors}, a burn-in of "
-        f"{selection['skip_epochs']} epochs and {calibration} calibration chosen/fitted on "
+        f"{selection['skip_epochs']} epochs, {estimator.distance_scale} distances and "
+        f"{calibration} calibration chosen/fitted on "
         f"{len(validation.atoms)} validation structures; "
         f"atol = {atol:.3g} eV/Å."
     )
@@ -365,6 +378,7 @@ def headline_metrics(
     summary["force_rmse_shifted"] = sets[shifted]["force_rmse"]
     summary["k"] = report["chosen_on_validation"]["k"]
     summary["skip_epochs"] = report["chosen_on_validation"]["skip_epochs"]
+    summary["distance_scale"] = report["chosen_on_validation"]["distance_scale"]
     summary["atol"] = report["chosen_on_validation"]["atol_eV_per_A"]
     summary["epochs"] = report["training"]["epochs"]
     summary["epoch_seconds_mean"] = report["training"]["epoch_seconds_mean"]
@@ -383,7 +397,7 @@ def fit_ltau(
 ) -> tuple[LTAUEstimator, dict, float]:
     """Fit LTAU on the training atoms' ``descriptors`` and burn-in ``candidates``
     (:func:`burn_in_candidates`), with every choice made on the labelled ``validation``
-    evaluation of ``validation_set`` (never a test set): k and the burn-in
+    evaluation of ``validation_set`` (never a test set): k, the burn-in and the distance scale
     (:func:`choose_configuration`, folds of whole runs by ``group_keys``, see
     :func:`run_groups`), then the distance widening (structures as groups) and
     ``calibration`` map on all of it, and ``atol`` (eV/Å), the :data:`ATOL_QUANTILE` quantile
@@ -404,7 +418,9 @@ def fit_ltau(
         calibration,
         fold_groups=run_groups(validation_set, group_keys)[structures],
     )
-    estimator = LTAUEstimator(selection["k"]).fit(descriptors, candidates[selection["skip_epochs"]])
+    estimator = LTAUEstimator(selection["k"], distance_scale=selection["distance_scale"]).fit(
+        descriptors, candidates[selection["skip_epochs"]]
+    )
     estimator.calibrate(
         validation.descriptors,
         validation.force_errors,

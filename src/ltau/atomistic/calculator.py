@@ -8,7 +8,8 @@ the estimator against the model, turns the descriptors into LTAU's per-atom resu
 
 * ``ltau_expected_force_error`` (eV/Å): expected force-error norm of each atom,
 * ``ltau_p_exceed``: probability that an atom's force error exceeds ``atol`` (eV/Å),
-* ``ltau_ood_score``: mean Euclidean distance to the k nearest training atoms.
+* ``ltau_ood_score``: mean Euclidean distance to the k nearest training atoms (relative to
+  their local scales for an estimator with ``distance_scale="local"``).
 
 The structure's atoms form one group, so a calibrated estimator widens the distributions with
 the structure's mean OOD score too (see :meth:`ltau.estimator.LTAUEstimator.calibrate`).

@@ -166,7 +166,9 @@ def run_tabular_demo(
         None,
         k_candidates=K_CANDIDATES,
     )
-    estimator = LTAUEstimator(chosen["k"]).fit(train_descriptors, candidates[chosen["skip_epochs"]])
+    estimator = LTAUEstimator(chosen["k"], distance_scale=chosen["distance_scale"]).fit(
+        train_descriptors, candidates[chosen["skip_epochs"]]
+    )
     estimator.calibrate(validation_descriptors, validation_errors)
     estimator.save(
         output_dir / "estimator.h5",
@@ -188,6 +190,7 @@ def run_tabular_demo(
         "n_epochs_recorded": recorder.n_epochs,
         "k_chosen_on_validation": chosen["k"],
         "skip_epochs_chosen_on_validation": chosen["skip_epochs"],
+        "distance_scale_chosen_on_validation": chosen["distance_scale"],
         "validation_cv_crps": chosen["cv_crps"],
         "atol": atol,
         "atol_rule": "median absolute validation error",
