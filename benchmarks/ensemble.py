@@ -337,6 +337,8 @@ def run_dataset(
     estimator_bytes = estimator.distributions_.counts.nbytes + fit_set.n_atoms * (
         estimator.n_features_in_ * 4
     )
+    if estimator.local_scale_ is not None:
+        estimator_bytes += estimator.local_scale_.nbytes
     _figures(output_dir, name, curves)
     return {
         "methods": summarise(per_seed),
