@@ -101,10 +101,10 @@ class LTAUPrediction:
     ``expected_error``: ``(n,)`` mean of the predicted error distribution (an expected |error|,
     not a standard deviation). ``ood_score``: ``(n,)`` mean Euclidean (not squared) distance to
     the k neighbours, in descriptor units (each divided by the neighbour's local scale with
-    ``distance_scale="local"``); ``neighbor_distances`` are always the Euclidean ones. ``exceedance``: ``(n, len(atol))`` ``P(error > atol)``.
+    ``distance_scale="local"``). ``exceedance``: ``(n, len(atol))`` ``P(error > atol)``.
     ``quantiles``: ``(n, len(quantile_levels))``. ``interval_lower`` / ``interval_upper``:
     ``(n,)`` central interval at ``confidence``. ``pdf``: ``(n, n_bins)`` density on ``bins``.
-    ``neighbor_indices`` / ``neighbor_distances``: ``(n, k)``.
+    ``neighbor_indices`` / ``neighbor_distances``: ``(n, k)``, the distances always Euclidean.
     """
 
     expected_error: np.ndarray
