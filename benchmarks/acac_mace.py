@@ -18,9 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-from ltau.applications.forcefield import PipelineConfig
-from ltau.applications.uq_evaluation import headline_metrics
-from ltau.demos.forcefield import run_files
+from _common import headline_metrics
+
+from ltau.demo.forcefield import PipelineConfig, run_files
 from ltau.integrations.mace import MACESettings
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "acac"

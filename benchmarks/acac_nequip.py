@@ -24,16 +24,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import headline_metrics
 
-from ltau.applications.uq_evaluation import (
-    burn_in_candidates,
-    evaluate_ltau,
-    headline_metrics,
-    split_validation,
-)
+from ltau.atomistic.pipeline import evaluate_ltau, split_validation
 from ltau.atomistic.structures import read_structures
 from ltau.integrations.nequip import NequIPSettings, evaluate_nequip, train_nequip
 from ltau.recording import ErrorLog
+from ltau.selection import burn_in_candidates
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "acac"
 TESTS = {

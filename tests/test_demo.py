@@ -11,7 +11,7 @@ pytest.importorskip("sklearn")
 
 from ltau import LTAUEstimator
 from ltau.cli import main
-from ltau.demos.tabular import K_CANDIDATES
+from ltau.demo.tabular import K_CANDIDATES
 
 
 @pytest.mark.parametrize("dataset", ["friedman", "diabetes"])

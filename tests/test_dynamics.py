@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from ltau import ErrorRecorder
-from ltau.applications.tuning import TuningStrategy, hardness_weights, suspicious_configs
 from ltau.cli import main
 from ltau.dynamics import DynamicsTable, groups_from_sizes, training_dynamics
 from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.recording import ErrorLog
+from ltau.tuning import TuningStrategy, hardness_weights, suspicious_configs
 
 ATOL = 0.5
 SIZES = np.array([3, 5, 1, 4, 7])  # 20 samples in 5 groups

@@ -5,8 +5,7 @@ and predict a query's error distribution from its nearest training samples in th
 space. See ``ErrorRecorder``, ``ErrorDistributions`` and ``LTAUEstimator``.
 """
 
-__version__ = "0.1.0"
-
+from ltau._version import __version__
 from ltau.distributions import Bins, ErrorDistributions
 from ltau.estimator import LTAUEstimator, LTAUPrediction
 from ltau.exceptions import LTAUFileError, LTAUInputError

@@ -50,7 +50,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ltau._validation import as_probabilities, positive_int
+from ltau._checks import as_probabilities, positive_int
 from ltau.distributions import (
     Bins,
     cdf_at,

@@ -19,6 +19,7 @@ from typing import Literal
 import h5py
 import numpy as np
 
+from ltau._checks import as_error_vector, as_index_vector, as_probabilities, positive_int
 from ltau._io import (
     atomic_h5,
     open_checked,
@@ -28,7 +29,6 @@ from ltau._io import (
     sign_attributes,
     write_array,
 )
-from ltau._validation import as_error_vector, as_index_vector, as_probabilities, positive_int
 from ltau.exceptions import LTAUFileError, LTAUInputError
 
 Spacing = Literal["log", "linear", "custom"]

@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from ltau._validation import group_labels, non_negative_int, positive_int
+from ltau._checks import group_labels, non_negative_int, positive_int
 from ltau.exceptions import LTAUInputError
 from ltau.recording import ErrorLog
 

@@ -34,6 +34,7 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
+from ltau._checks import as_float_matrix, as_probabilities, group_labels, positive_int
 from ltau._io import (
     atomic_h5,
     open_checked,
@@ -43,7 +44,6 @@ from ltau._io import (
     sign_attributes,
     write_array,
 )
-from ltau._validation import as_float_matrix, as_probabilities, group_labels, positive_int
 from ltau.calibration import (
     DistanceWidening,
     ErrorScaleCalibrator,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from ltau._validation import positive_int
+from ltau._checks import positive_int
 from ltau.distributions import Bins, _row_chunks, cdf_at, density_at
 from ltau.exceptions import LTAUInputError
 

@@ -27,8 +27,8 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
+from ltau._checks import as_error_vector, as_index_vector, non_negative_int, positive_int
 from ltau._io import atomic_h5, open_checked, reading
-from ltau._validation import as_error_vector, as_index_vector, non_negative_int, positive_int
 from ltau.distributions import (
     Bins,
     ErrorDistributions,

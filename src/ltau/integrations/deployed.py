@@ -49,7 +49,7 @@ from ase import Atoms
 from ase.neighborlist import neighbor_list
 from tqdm.auto import tqdm
 
-from ltau._validation import positive_int
+from ltau._checks import positive_int
 from ltau.atomistic.calculator import LTAUCalculatorBase, ModelOutput
 from ltau.atomistic.structures import LabelledStructures
 from ltau.estimator import LTAUEstimator

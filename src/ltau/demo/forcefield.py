@@ -1,5 +1,6 @@
-"""LTAU-FF with MACE end to end: train with error logging, then fit, calibrate, evaluate and
-report through :mod:`ltau.applications.uq_evaluation` (every choice on a validation split).
+"""The main job, ``ltau demo``: ltau's small MACE trained with error logging, then LTAU fitted,
+calibrated, evaluated and reported through :mod:`ltau.atomistic.pipeline` (every choice on a
+validation split), on a built-in EMT dataset or on the user's own extxyz files.
 """
 
 from __future__ import annotations
@@ -9,19 +10,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from ase.data import atomic_numbers
 
-from ltau.applications.uq_evaluation import (
+from ltau.atomistic.pipeline import (
     VALIDATION_GROUP_KEYS,
-    burn_in_candidates,
     evaluate_ltau,
     run_groups,
     split_validation,
 )
-from ltau.atomistic.structures import LabelledStructures
+from ltau.atomistic.structures import (
+    LabelledStructures,
+    read_isolated_atom_energies,
+    read_structures,
+)
+from ltau.demo.emt_data import default_splits, isolated_atom_energies, write_extxyz
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
 from ltau.integrations.mace import MACESettings, TrainedMACE, evaluate_mace, train_mace
 from ltau.recording import ErrorRecorder
+from ltau.selection import burn_in_candidates
 
 
 @dataclass
@@ -33,7 +40,7 @@ class PipelineConfig:
     validation_fraction: float = 0.1
     validation_group_keys: tuple[str, ...] = VALIDATION_GROUP_KEYS
     """``atoms.info`` keys naming the run a training frame came from: validation holds out
-    whole runs (see :func:`~ltau.applications.uq_evaluation.split_validation`)."""
+    whole runs (see :func:`~ltau.atomistic.pipeline.split_validation`)."""
     calibration: str = "isotonic"
     in_domain: str = "test_in_domain"
     seed: int = 0
@@ -120,3 +127,52 @@ def load_trained(output_dir: Path) -> tuple[TrainedMACE, LTAUEstimator]:
     return TrainedMACE.load(output_dir / "model.pt"), LTAUEstimator.load(
         output_dir / "estimator.h5"
     )
+
+
+def run_emt_demo(output_dir: Path, config: PipelineConfig) -> dict:
+    """Generate the EMT dataset (metal slabs with adsorbates; MD at 300 K for training and
+    in-domain test, 900 K and unseen metal/adsorbate pairs for the shifted test), then run the
+    pipeline. The generated data is written next to the report."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    splits = default_splits(seed=config.seed)
+    labelled = {}
+    for name, atoms_list in splits.items():
+        write_extxyz(atoms_list, output_dir / f"{name}.xyz")
+        labelled[name] = read_structures(
+            atoms_list, energy_key="REF_energy", forces_key="REF_forces"
+        )
+    elements = sorted({s for atoms in splits["train"] for s in atoms.get_chemical_symbols()})
+    e0s = {atomic_numbers[e]: v for e, v in isolated_atom_energies(elements).items()}
+    tests = {name: labelled[name] for name in ("test_in_domain", "test_shifted")}
+    return run_forcefield_pipeline(
+        labelled["train"],
+        tests,
+        output_dir,
+        config,
+        isolated_atom_energies=e0s,
+        title="LTAU-FF demo: MACE on EMT metal slabs with adsorbates",
+    )
+
+
+def run_files(
+    output_dir: Path,
+    config: PipelineConfig,
+    train_path: Path,
+    test_paths: dict[str, Path],
+    *,
+    energy_key: str,
+    forces_key: str,
+    isolated_atoms: Path | None,
+) -> dict:
+    """The pipeline on the user's extxyz files. Test sets without forces get OOD scores only."""
+    train = read_structures(train_path, energy_key=energy_key, forces_key=forces_key)
+    tests: dict[str, LabelledStructures] = {}
+    for name, path in test_paths.items():
+        tests[name] = read_structures(
+            path, energy_key=None, forces_key=forces_key, require_forces=False
+        )
+    e0s = None
+    if isolated_atoms is not None:
+        e0s = read_isolated_atom_energies(isolated_atoms, energy_key=energy_key)
+    return run_forcefield_pipeline(train, tests, output_dir, config, isolated_atom_energies=e0s)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +30,15 @@ from sklearn.datasets import load_diabetes, make_friedman1
 from torch.utils.data import DataLoader, TensorDataset
 
 from ltau import metrics
+from ltau._checks import positive_int
 from ltau._io import atomic_path
-from ltau._validation import positive_int
-from ltau.applications.uq_evaluation import burn_in_candidates, choose_configuration
 from ltau.estimator import LTAUEstimator, LTAUPrediction
 from ltau.exceptions import LTAUInputError
 from ltau.integrations.torch import LayerOutput, SampleErrorLogger, train_with_error_logging
 from ltau.recording import ErrorRecorder
+from ltau.selection import burn_in_candidates, choose_configuration
+
+logger = logging.getLogger(__name__)
 
 K_CANDIDATES = (1, 2, 5, 10, 20, 40)
 CONFIDENCE = 0.9
@@ -204,7 +207,7 @@ def run_tabular_demo(
         np.r_[np.ones(len(shifted_ood)), np.zeros(len(in_domain_ood))],
     )
     write_report(output_dir, report, predictions, evaluated)
-    print(summary_text(report, output_dir))
+    logger.info(summary_text(report, output_dir))
     return report
 
 

@@ -21,7 +21,7 @@ the chosen distance scale is local). Any model plugs in through an
 
 from __future__ import annotations
 
-import itertools
+import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,23 +30,15 @@ from typing import Protocol
 import numpy as np
 
 from ltau import metrics
-from ltau._validation import as_error_vector, group_labels
 from ltau.atomistic.structures import LabelledStructures
 from ltau.distributions import ErrorDistributions
 from ltau.estimator import LTAUEstimator, LTAUPrediction
 from ltau.exceptions import LTAUInputError
-from ltau.recording import ErrorLog, ErrorRecorder
 from ltau.report import SetResults, write_report
+from ltau.selection import CV_FOLDS, CV_REPEATS, choose_configuration
 
-K_CANDIDATES = (5, 10, 20, 50)
-DISTANCE_SCALES = ("absolute", "local")
-"""Candidate ``distance_scale`` settings of :class:`~ltau.estimator.LTAUEstimator`."""
-BURN_IN_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
-"""Fractions of each model's epochs that the candidate distributions leave out."""
-CV_FOLDS = 2
-CV_REPEATS = 5
-"""Cross-validation is repeated with this many shuffles of the folds, to steady the choice."""
-CV_SEED = 0
+logger = logging.getLogger(__name__)
+
 VALIDATION_GROUP_KEYS = ("trajectory", "relaxation")
 """``atoms.info`` keys whose shared values make configurations one group of the validation
 split (the frames of one MD run or one relaxation), as the built-in EMT data records them."""
@@ -113,137 +105,6 @@ class Evaluation(Protocol):
 
     descriptors: np.ndarray  # (n_atoms, d)
     force_errors: np.ndarray | None  # (n_atoms,) eV/Å, None without reference forces
-
-
-def burn_in_candidates(
-    source: ErrorLog | ErrorRecorder,
-    n_bins: int = 100,
-    members: Sequence[int] | None = None,
-    progress: bool = False,
-) -> dict[int, ErrorDistributions]:
-    """Per-sample distributions that leave out each model's first epochs, for every fraction
-    in :data:`BURN_IN_FRACTIONS` (of the epochs of the model with fewest), all on the
-    log-spaced bins of the whole log: ``{epochs skipped per model: distributions}``.
-
-    ``source``: a recorder with a log file, or an open log; ``members``: the models whose
-    epochs are pooled (default: all).
-    """
-    epochs = source.epochs_by_member
-    chosen = epochs if members is None else {m: epochs.get(m, 0) for m in members}
-    n_epochs = min(chosen.values(), default=0)
-    if n_epochs == 0:
-        raise LTAUInputError("the error log holds no completed epoch for these models")
-    whole = source.distributions(n_bins=n_bins, spacing="log", members=members, progress=progress)
-    candidates = {0: whole}
-    for fraction in BURN_IN_FRACTIONS:
-        skip = int(fraction * n_epochs)
-        if skip not in candidates:
-            candidates[skip] = source.distributions(
-                whole.bins, members=members, skip_epochs=skip, progress=progress
-            )
-    return candidates
-
-
-def choose_configuration(
-    descriptors: np.ndarray,
-    candidates: dict[int, ErrorDistributions],
-    validation_descriptors: np.ndarray,
-    validation_errors: np.ndarray,
-    validation_groups: np.ndarray | None,
-    calibration: str = "isotonic",
-    *,
-    widen: bool = True,
-    group_widening: bool = True,
-    k_candidates: tuple[int, ...] = K_CANDIDATES,
-    distance_scales: tuple[str, ...] = DISTANCE_SCALES,
-    fold_groups: np.ndarray | None = None,
-) -> dict:
-    """Choose k, the burn-in (a key of ``candidates``, see :func:`burn_in_candidates`) and
-    the estimator's ``distance_scale`` (one of ``distance_scales``) by
-    the :data:`CV_FOLDS`-fold cross-validated CRPS of the calibrated prediction on validation,
-    averaged over :data:`CV_REPEATS` shuffles of the folds.
-
-    Validation samples are split into folds of whole ``fold_groups`` (e.g. the MD run of each
-    atom, ``(n,)``; default, or fewer runs than folds: ``validation_groups``, a structure id per
-    atom; ``None``, or fewer structures than folds: single samples). For every setting, an
-    estimator on the training ``descriptors`` ``(n_train, d)`` and that burn-in's
-    distributions is calibrated (``calibration``, with the distance widening if ``widen``, on
-    structures too if ``group_widening``) on all folds but one and scored (CRPS, error units)
-    on the held-out fold; ties keep the earlier setting. Returns ``{"k", "skip_epochs",
-    "distance_scale", "cv_crps": {"skip_epochs=S,k=K,distance_scale=D": CRPS}}``.
-    """
-    as_error_vector(validation_errors, "validation errors")
-    errors = np.asarray(validation_errors, dtype=np.float64)
-    n = errors.shape[0]
-    groups = (
-        np.arange(n) if validation_groups is None else group_labels(validation_groups, n, "atom")
-    )
-    if n < CV_FOLDS:
-        raise LTAUInputError(
-            f"choosing k and the burn-in needs at least {CV_FOLDS} validation samples; got {n}"
-        )
-    # Folds of whole runs, else of whole structures, else of single samples.
-    runs = None if fold_groups is None else group_labels(fold_groups, n, "atom")
-    units = next(
-        labels
-        for labels in (runs, groups, np.arange(n))
-        if labels is not None and np.unique(labels).size >= CV_FOLDS
-    )
-    folds = cross_validation_folds(units)
-    if isinstance(distance_scales, str) or not distance_scales:
-        raise LTAUInputError(
-            f"distance_scales must be a non-empty tuple such as {DISTANCE_SCALES}; "
-            f"got {distance_scales!r}"
-        )
-    fit_groups = groups if (widen and group_widening and validation_groups is not None) else None
-    scores: dict[str, float] = {}
-    best: tuple[float, int, int, str] | None = None
-    settings = itertools.product(sorted(candidates.items()), k_candidates, distance_scales)
-    for (skip, distributions), k, scale in settings:
-        if k > descriptors.shape[0]:
-            continue
-        estimator = LTAUEstimator(k, distance_scale=scale).fit(descriptors, distributions)
-        crps_sum = 0.0
-        for fold_of_sample, fold in itertools.product(folds, range(CV_FOLDS)):
-            held_out = fold_of_sample == fold
-            estimator.calibrate(
-                validation_descriptors[~held_out],
-                errors[~held_out],
-                method=calibration,
-                groups=None if fit_groups is None else fit_groups[~held_out],
-                widen=widen,
-            )
-            prediction = estimator.predict(
-                validation_descriptors[held_out],
-                groups=None if fit_groups is None else fit_groups[held_out],
-                return_pdf=True,
-            )
-            mass = prediction.pdf * prediction.bins.widths
-            crps = metrics.crps_histogram(mass, prediction.bins, errors[held_out])
-            crps_sum += crps * np.count_nonzero(held_out)
-        key = f"skip_epochs={skip},k={k},distance_scale={scale}"
-        score = scores[key] = crps_sum / (n * CV_REPEATS)
-        if best is None or score < best[0]:
-            best = (score, skip, k, scale)
-    if best is None:
-        raise LTAUInputError(
-            f"no k among {k_candidates} fits {descriptors.shape[0]} training samples"
-        )
-    return {"k": best[2], "skip_epochs": best[1], "distance_scale": best[3], "cv_crps": scores}
-
-
-def cross_validation_folds(units: np.ndarray) -> list[np.ndarray]:
-    """:data:`CV_REPEATS` assignments of samples to :data:`CV_FOLDS` folds, each a fresh
-    shuffle of the distinct ``units`` (one per sample, ``(n,)``; a unit stays in one fold):
-    a list of ``(n,)`` fold numbers."""
-    unique_units, unit_of_sample = np.unique(units, return_inverse=True)
-    rng = np.random.default_rng(CV_SEED)
-    folds = []
-    for _ in range(CV_REPEATS):
-        fold_of_unit = np.empty(unique_units.size, dtype=np.int64)
-        fold_of_unit[rng.permutation(unique_units.size)] = np.arange(unique_units.size) % CV_FOLDS
-        folds.append(fold_of_unit[unit_of_sample])
-    return folds
 
 
 def evaluate_ltau(
@@ -353,37 +214,8 @@ def evaluate_ltau(
         f"atol = {atol:.3g} eV/Å."
     )
     page = write_report(output_dir, title, summary, report, figures)
-    print(_summary_lines(report, page))
+    logger.info(_summary_lines(report, page))
     return report
-
-
-def headline_metrics(
-    report: dict, in_domain: str, shifted: str, ood_only: tuple[str, ...] = ()
-) -> dict:
-    """The flat summary a benchmark prints from an :func:`evaluate_ltau` ``report``: per-atom
-    metrics of the ``in_domain`` and ``shifted`` sets, OOD-score AUROCs (also of the unlabelled
-    ``ood_only`` sets, keyed by their lower-cased names), choices and timings."""
-    sets = report["sets"]
-    summary = {}
-    for metric in ("spearman", "miscalibration_area", "coverage90"):
-        summary[f"{metric}_in_domain"] = sets[in_domain][metric]
-        summary[f"{metric}_shifted"] = sets[shifted][metric]
-    summary["auroc_ood_score_shifted"] = sets[shifted]["auroc_ood_score_vs_in_domain"]
-    for name in ood_only:
-        summary[f"auroc_ood_score_{name.lower()}"] = sets[name]["auroc_ood_score_vs_in_domain"]
-    summary["auroc_error_flag_in_domain"] = sets[in_domain]["auroc_error_flag"]
-    summary["auroc_error_flag_shifted"] = sets[shifted]["auroc_error_flag"]
-    summary["logging_overhead"] = report["training"]["logging_overhead"]
-    summary["force_rmse_in_domain"] = sets[in_domain]["force_rmse"]
-    summary["force_rmse_shifted"] = sets[shifted]["force_rmse"]
-    summary["k"] = report["chosen_on_validation"]["k"]
-    summary["skip_epochs"] = report["chosen_on_validation"]["skip_epochs"]
-    summary["distance_scale"] = report["chosen_on_validation"]["distance_scale"]
-    summary["atol"] = report["chosen_on_validation"]["atol_eV_per_A"]
-    summary["epochs"] = report["training"]["epochs"]
-    summary["epoch_seconds_mean"] = report["training"]["epoch_seconds_mean"]
-    summary["wall_seconds"] = report["wall_seconds"]
-    return summary
 
 
 def fit_ltau(

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import stats
-
-from ltau import Bins, LTAUInputError
-from ltau.applications.ensembles import (
+from _baselines import (
     calibrate_and_predict,
     ensemble_force_spread,
     maxwell_mass,
     metrics_of,
 )
+from scipy import stats
+
+from ltau import Bins, LTAUInputError
 
 
 def calibrated_metrics(val_mass, val_errors, test_mass, test_errors, bins, atol):

@@ -14,7 +14,7 @@ from ase.build import fcc111
 from ase.calculators.emt import EMT, parameters
 from ase.constraints import FixAtoms
 
-from ltau.atomistic import oracle
+from ltau.demo import emt_data as oracle
 from ltau.exceptions import LTAUInputError
 
 SMALL = {"slab_size": (2, 2, 3), "progress": False}
