@@ -62,20 +62,25 @@ def run(args: argparse.Namespace) -> None:
     """Run the demo that ``args`` selects."""
     if args.epochs is not None and args.epochs < 1:
         raise LTAUInputError(f"epochs must be a positive integer; got {args.epochs}")
-    try:
-        if args.task == "tabular":
+    if args.task == "tabular":
+        try:
             from ltau.demo.tabular import run_tabular_demo
-
-            run_tabular_demo(
-                args.output_dir, dataset=args.dataset, epochs=args.epochs or 300, seed=args.seed
-            )
-            return
+        except ImportError as exc:
+            raise LTAUInputError(
+                f"the tabular demo needs the 'lightning' extra (pip install 'ltau[lightning]'): "
+                f"{exc}"
+            ) from exc
+        run_tabular_demo(
+            args.output_dir, dataset=args.dataset, epochs=args.epochs or 300, seed=args.seed
+        )
+        return
+    try:
         from ltau.atomistic.pipeline import VALIDATION_GROUP_KEYS
         from ltau.demo.forcefield import PipelineConfig, run_emt_demo, run_files
         from ltau.integrations.mace import MACESettings
     except ImportError as exc:
         raise LTAUInputError(
-            f"the demo needs the 'demo' and 'mace' extras (pip install 'ltau[demo,mace]'): {exc}"
+            f"the force-field demo needs the 'mace' extra (pip install 'ltau[mace]'): {exc}"
         ) from exc
     tests = {name: Path(path) for name, path in pairs(args.test).items()}
     if tests and args.train is None:
