@@ -105,7 +105,9 @@ def run(args: argparse.Namespace) -> None:
         try:
             from ltau.report import plot_training_dynamics
         except ImportError as exc:
-            raise LTAUInputError(f"--figure needs matplotlib (any of the 'lightning', 'mace' or 'nequip' extras): {exc}") from exc
+            raise LTAUInputError(
+                f"--figure needs matplotlib (any of the 'lightning', 'mace' or 'nequip' extras): {exc}"
+            ) from exc
         table: DynamicsTable = result.groups if result.groups is not None else result.samples
         plot_training_dynamics(
             table,
