@@ -29,13 +29,9 @@ from tqdm.auto import tqdm
 
 from ltau._checks import as_error_vector, as_index_vector, non_negative_int, positive_int
 from ltau._io import atomic_h5, open_checked, reading
-from ltau.distributions import (
-    Bins,
-    ErrorDistributions,
-    HistogramAccumulator,
-    Spacing,
-)
+from ltau.distributions import ErrorDistributions, HistogramAccumulator
 from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.histogram import Bins, Spacing
 
 LOG_FORMAT = "ltau-error-log"
 _ROW_CHUNK = 1 << 18
