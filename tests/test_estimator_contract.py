@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from ltau import LTAUEstimator, LTAUInputError, LTAUPrediction, NotFittedError
+from ltau import LTAUEstimator, LTAUInputError, LTAUPrediction, NotFittedError, metrics
 
 PARAMS = {
     "n_neighbors": 4,
@@ -137,3 +137,27 @@ def test_per_group_of_a_real_prediction(fitted, small_data):
         np.testing.assert_allclose(
             summary.mean_ood_score[group], prediction.ood_score[rows].mean(), rtol=1e-12
         )
+
+
+def test_prediction_uq_metrics_uses_what_the_prediction_holds(fitted, small_data):
+    queries = small_data["queries"]
+    observed = np.abs(small_data["queries"][:, 0]).astype(np.float64)
+    prediction = fitted.predict(queries, atol=[0.2, 0.5], confidence=0.8, return_pdf=True)
+    bundle = prediction.uq_metrics(observed, atol=0.5)
+    assert bundle == metrics.uq_metrics(
+        observed,
+        prediction.expected_error,
+        lower=prediction.interval_lower,
+        upper=prediction.interval_upper,
+        confidence=0.8,
+        exceedance=prediction.exceedance[:, 1],
+        atol=0.5,
+        mass=prediction.pdf * prediction.bins.widths,
+        bins=prediction.bins,
+    )
+    assert "coverage80" in bundle and "crps" in bundle
+    assert prediction.uq_metrics(observed)["fraction_above_atol"] == float(np.mean(observed > 0.2))
+    plain = fitted.predict(queries).uq_metrics(observed)
+    assert list(plain) == ["n", "spearman", "ause", "ence"]
+    with pytest.raises(LTAUInputError, match=r"atol=0.3 is not among the predicted"):
+        prediction.uq_metrics(observed, atol=0.3)

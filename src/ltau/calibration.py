@@ -66,6 +66,7 @@ from ltau.exceptions import LTAUInputError, NotFittedError
 from ltau.histogram import (
     Bins,
     cdf_at,
+    checked_bins,
     checked_mass,
     edge_cdf,
     exceedance_probability,
@@ -162,8 +163,7 @@ class _Calibrator:
     def calibrated_bins(self, bins: Bins) -> Bins:
         """The bins scaled by ``s`` (same spacing): the support of the calibrated distribution."""
         self._require_fitted()
-        if not isinstance(bins, Bins):
-            raise LTAUInputError(f"bins must be a Bins instance; got {type(bins).__name__}")
+        bins = checked_bins(bins)
         return Bins(bins.edges * self.scale_, bins.spacing)
 
     def cdf(self, mass: np.ndarray, bins: Bins, values: float | np.ndarray) -> np.ndarray:

@@ -42,6 +42,7 @@ from ltau._checks import (
     checked_errors,
     group_labels,
     positive_int,
+    tolerance,
     tolerances,
 )
 from ltau._io import (
@@ -62,7 +63,7 @@ from ltau.distributions import (
 from ltau.exceptions import LTAUFileError, LTAUInputError, NotFittedError
 from ltau.histogram import Bins, cdf_at, interval_levels, row_chunks
 from ltau.histogram import quantiles as mixture_quantiles
-from ltau.metrics import probability_integral_transform
+from ltau.metrics import probability_integral_transform, uq_metrics
 from ltau.search import NeighborIndex
 
 ESTIMATOR_FORMAT = "ltau-estimator"
@@ -189,6 +190,40 @@ class LTAUPrediction:
             max_ood_score=group_max(self.ood_score),
             mean_ood_score=group_mean(self.ood_score),
             atol=self.atol,
+        )
+
+    def uq_metrics(
+        self,
+        observed: np.ndarray,
+        *,
+        pit: np.ndarray | None = None,
+        atol: float | None = None,
+    ) -> dict[str, float | int | None]:
+        """:func:`ltau.metrics.uq_metrics` of this prediction against the true errors
+        ``observed`` ``(n,)``, from what it holds: the expected error and, if predicted, the
+        interval, the exceedance and the PDF. ``atol``: which predicted tolerance to score
+        (default the first); ``pit`` ``(n,)`` adds the miscalibration area (see
+        :meth:`LTAUEstimator.probability_integral_transform`)."""
+        exceedance = None
+        if atol is not None or self.atol:
+            atol = self.atol[0] if atol is None else tolerance(atol)
+            if self.exceedance is None or atol not in self.atol:
+                raise LTAUInputError(
+                    f"atol={atol!r} is not among the predicted tolerances {self.atol}"
+                )
+            exceedance = self.exceedance[:, self.atol.index(atol)]
+        has_pdf = self.pdf is not None and self.bins is not None
+        return uq_metrics(
+            observed,
+            self.expected_error,
+            lower=self.interval_lower,
+            upper=self.interval_upper,
+            confidence=0.9 if self.confidence is None else self.confidence,
+            pit=pit,
+            exceedance=exceedance,
+            atol=atol,
+            mass=self.pdf * self.bins.widths if has_pdf else None,
+            bins=self.bins if has_pdf else None,
         )
 
     def columns(self) -> dict[str, np.ndarray]:

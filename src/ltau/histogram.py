@@ -195,13 +195,19 @@ class Bins:
         return hash((self.spacing, self.edges.tobytes()))
 
 
+def checked_bins(bins: Any) -> Bins:
+    """``bins`` if it is a :class:`Bins`, else an LTAUInputError."""
+    if not isinstance(bins, Bins):
+        raise LTAUInputError(f"bins must be a Bins instance; got {type(bins).__name__}")
+    return bins
+
+
 def checked_mass(mass: Any, bins: Bins, name: str = "mass") -> np.ndarray:
     """``mass`` as float64 ``(n, n_bins)`` with ``n >= 1``, finite, >= 0, rows summing to 1.
 
     Rows may deviate from 1 by at most :data:`MASS_TOLERANCE`; raises LTAUInputError.
     """
-    if not isinstance(bins, Bins):
-        raise LTAUInputError(f"bins must be a Bins instance; got {type(bins).__name__}")
+    checked_bins(bins)
     try:
         array = np.asarray(mass, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -348,6 +354,7 @@ __all__ = [
     "Bins",
     "cdf_at",
     "central_interval",
+    "checked_bins",
     "checked_mass",
     "density_at",
     "edge_cdf",

@@ -33,7 +33,15 @@ from ltau._checks import (
     tolerance,
 )
 from ltau.exceptions import LTAUInputError
-from ltau.histogram import Bins, cdf_at, checked_mass, density_at, edge_cdf, row_chunks
+from ltau.histogram import (
+    Bins,
+    cdf_at,
+    checked_bins,
+    checked_mass,
+    density_at,
+    edge_cdf,
+    row_chunks,
+)
 
 
 def spearman(predicted: np.ndarray, observed: np.ndarray) -> float:
@@ -262,8 +270,7 @@ def outside_support(bins: Bins, observed: np.ndarray) -> dict[str, float]:
     Returns ``{"below": ..., "above": ...}``. Such observations get PIT 0 or 1 and the floor
     density in :func:`nll_histogram`.
     """
-    if not isinstance(bins, Bins):
-        raise LTAUInputError(f"bins must be a Bins instance; got {type(bins).__name__}")
+    bins = checked_bins(bins)
     observed = checked_errors(observed, "observed")
     return {
         "below": float(np.mean(observed < bins.edges[0])),

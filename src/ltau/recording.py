@@ -156,7 +156,7 @@ class ErrorRecorder:
         Every sample must have been recorded unless ``allow_missing`` (then missing samples are
         stored as NaN in the log and left out of the histograms).
         """
-        member = _check_member(member)
+        member = non_negative_int(member, "member")
         n_seen = int(np.count_nonzero(self._seen))
         if n_seen == 0:
             raise LTAUInputError("no errors were recorded in this epoch")
@@ -178,7 +178,7 @@ class ErrorRecorder:
         Returns the epoch number for model ``member``. Cannot be mixed with :meth:`record`
         calls of the same epoch.
         """
-        member = _check_member(member)
+        member = non_negative_int(member, "member")
         errors_array = as_error_vector(errors)
         if errors_array.size != self.n_samples:
             raise LTAUInputError(
@@ -321,12 +321,6 @@ class ErrorLog:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _check_member(member: object) -> int:
-    if isinstance(member, bool) or not isinstance(member, (int, np.integer)) or member < 0:
-        raise LTAUInputError(f"member must be a non-negative integer; got {member!r}")
-    return int(member)
 
 
 def _first_repeat(ids: np.ndarray) -> int:

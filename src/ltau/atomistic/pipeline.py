@@ -275,20 +275,9 @@ def _labelled_metrics(
     atol: float,
 ) -> dict:
     """A test set's force-error statistics (eV/Å) and :func:`ltau.metrics.uq_metrics` of its
-    calibrated ``prediction`` (made with ``atol``, the interval and the PDF), plus the
-    miscalibration area of the uncalibrated PIT values ``raw_pit``."""
-    bundle = metrics.uq_metrics(
-        observed,
-        prediction.expected_error,
-        lower=prediction.interval_lower,
-        upper=prediction.interval_upper,
-        confidence=prediction.confidence,
-        pit=pit,
-        exceedance=prediction.exceedance[:, 0],
-        atol=atol,
-        mass=prediction.pdf * prediction.bins.widths,
-        bins=prediction.bins,
-    )
+    calibrated ``prediction`` (made with ``atol``, the interval and the PDF) and PIT values,
+    plus the miscalibration area of the uncalibrated PIT values ``raw_pit``."""
+    bundle = prediction.uq_metrics(observed, pit=pit, atol=atol)
     bundle.pop("n")
     return {
         "n_atoms": int(observed.size),

@@ -219,15 +219,7 @@ def split_metrics(prediction: LTAUPrediction, errors: np.ndarray, atol: float) -
     ``coverage_0.9_interval`` repeat ``spearman``, ``auroc_error_flag`` and ``coverage90``
     under the names of earlier metrics.json files.
     """
-    bundle = metrics.uq_metrics(
-        errors,
-        prediction.expected_error,
-        lower=prediction.interval_lower,
-        upper=prediction.interval_upper,
-        confidence=prediction.confidence,
-        exceedance=prediction.exceedance[:, 0],
-        atol=atol,
-    )
+    bundle = prediction.uq_metrics(errors, atol=atol)
     coverage = metrics.coverage_key(prediction.confidence)
     return {
         **bundle,
