@@ -259,6 +259,13 @@ class LTAUEstimator:
         Parameters of that backend, e.g. ``{"ef_search": 128}`` or ``{"nlist": 1024, "nprobe": 32}``.
     batch_size:
         Queries processed at once (bounds memory for quantiles and PDFs).
+
+    As a scikit-learn estimator: the constructor only stores its arguments (checked by
+    :meth:`fit`), :meth:`get_params` / :meth:`set_params` follow its signature (so
+    ``sklearn.base.clone`` works), everything :meth:`fit` or :meth:`load` sets ends in ``_``
+    (``index_``, ``distributions_``, ``local_scale_``, ``sample_expected_error_``,
+    ``calibrator_`` and ``widening_`` after :meth:`calibrate`, ``metadata_``), and using the
+    estimator before that raises :class:`~ltau.exceptions.NotFittedError`.
     """
 
     def __init__(

@@ -33,6 +33,7 @@ from mace.modules.utils import extract_invariant
 from mace.tools import AtomicNumberTable, torch_geometric
 from tqdm.auto import tqdm
 
+from ltau._checks import positive_number
 from ltau.atomistic.calculator import LTAUCalculatorBase, ModelOutput
 from ltau.atomistic.structures import ForceFieldEvaluation, LabelledStructures
 from ltau.estimator import LTAUEstimator
@@ -67,8 +68,7 @@ class MACESettings:
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "float64"):
             raise LTAUInputError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
-        if not self.r_max > 0:
-            raise LTAUInputError(f"r_max must be positive (Å); got {self.r_max}")
+        positive_number(self.r_max, "r_max", "a positive number (Å)")
 
 
 @dataclass

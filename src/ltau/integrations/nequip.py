@@ -46,6 +46,7 @@ from nequip.train import NequIPLightningModule
 from nequip.utils.global_state import set_global_state
 from tqdm.auto import tqdm
 
+from ltau._checks import positive_number
 from ltau.atomistic.calculator import LTAUCalculatorBase, ModelOutput
 from ltau.atomistic.structures import AtomIndex, ForceFieldEvaluation, LabelledStructures
 from ltau.distributions import ErrorDistributions
@@ -258,8 +259,7 @@ class NequIPSettings:
             raise LTAUInputError(
                 f"model_dtype must be float32 or float64; got {self.model_dtype!r}"
             )
-        if not self.r_max > 0:
-            raise LTAUInputError(f"r_max must be positive (Å); got {self.r_max}")
+        positive_number(self.r_max, "r_max", "a positive number (Å)")
 
 
 @dataclass
