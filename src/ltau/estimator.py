@@ -260,6 +260,8 @@ class LTAUEstimator:
     batch_size:
         Queries processed at once (bounds memory for quantiles and PDFs).
 
+    Notes
+    -----
     As a scikit-learn estimator: the constructor only stores its arguments (checked by
     :meth:`fit`), :meth:`get_params` / :meth:`set_params` follow its signature (so
     ``sklearn.base.clone`` works), everything :meth:`fit` or :meth:`load` sets ends in ``_``

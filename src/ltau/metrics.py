@@ -415,25 +415,17 @@ class MetricInfo(NamedTuple):
 
 
 METRIC_INFO: dict[str, MetricInfo] = {
-    "n": MetricInfo("samples", "count", ""),
-    "spearman": MetricInfo("Spearman correlation, expected vs true error", "", "higher is better"),
+    "n": MetricInfo("samples", "", ""),
+    "spearman": MetricInfo("Spearman ρ, predicted vs true error", "", "higher is better"),
     "auroc_error_flag": MetricInfo(
         "AUROC of P(error > atol) for errors above atol", "", "higher is better"
     ),
     "fraction_above_atol": MetricInfo("fraction of errors above atol", "", ""),
-    "ause": MetricInfo(
-        "AUSE, area under the sparsification error (normalised)", "", "lower is better"
-    ),
-    "miscalibration_area": MetricInfo("miscalibration area", "", "lower is better"),
-    "ence": MetricInfo(
-        "ENCE, normalised calibration error of the expected error", "", "lower is better"
-    ),
-    "coverage90": MetricInfo("coverage of the 90% interval", "", "closest to 0.9 is best"),
-    "nll": MetricInfo(
-        "NLL, negative log density of the true error",
-        "nats (density per error unit)",
-        "lower is better",
-    ),
+    "ause": MetricInfo("AUSE (area between sparsification and oracle)", "", "lower is better"),
+    "miscalibration_area": MetricInfo("miscalibration area (quantiles)", "", "lower is better"),
+    "ence": MetricInfo("ENCE (expected normalized calibration error)", "", "lower is better"),
+    "coverage90": MetricInfo("coverage of the 90% interval", "", "best at 0.90"),
+    "nll": MetricInfo("NLL (negative log density)", "nats", "lower is better"),
     "crps": MetricInfo("CRPS", "error unit", "lower is better"),
 }
 """Label, unit and direction of every key :func:`uq_metrics` can return (its key order).

@@ -49,7 +49,7 @@ _BUNDLE = {key: _with_error_unit(info) for key, info in metrics.METRIC_INFO.item
 METRIC_INFO: dict[str, MetricInfo] = {
     **_BUNDLE,
     # What the force-field pipeline (ltau.atomistic.pipeline) reports around the bundle.
-    "n_atoms": MetricInfo("atoms", "count", ""),
+    "n_atoms": MetricInfo("atoms", "", ""),
     "force_rmse": MetricInfo("force RMSE", ERROR_UNIT, _LOWER),
     "force_mae": MetricInfo("mean true error (force MAE)", ERROR_UNIT, _LOWER),
     "mean_expected_error": MetricInfo("mean predicted expected error", ERROR_UNIT, ""),
