@@ -24,14 +24,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import headline_metrics
 
-from ltau.applications.uq_evaluation import (
-    burn_in_candidates,
-    evaluate_ltau,
-    headline_metrics,
-    split_validation,
-)
+from ltau.atomistic.pipeline import run_pipeline, split_validation
 from ltau.atomistic.structures import read_structures
+from ltau.calibration import CALIBRATION_METHODS
 from ltau.integrations.nequip import NequIPSettings, evaluate_nequip, train_nequip
 from ltau.recording import ErrorLog
 
@@ -49,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="acac dataset folder")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--calibration", choices=("isotonic", "scale"), default="isotonic")
+    parser.add_argument("--calibration", choices=tuple(CALIBRATION_METHODS), default="isotonic")
     parser.add_argument(
         "--overhead-epochs", type=int, default=3, help="epochs of each side-by-side timing run"
     )
@@ -87,33 +84,26 @@ def main(argv: list[str] | None = None) -> dict:
     )
     trained.save(output_dir / "model.pt")
     side_by_side = _side_by_side(fit_set, settings, e0s, args.overhead_epochs, output_dir)
-    training = {
-        "model": "NequIP (nequip 0.19, NequIPGNNModel)",
-        "n_fit_configs": len(fit_set.atoms),
-        "n_fit_atoms": fit_set.n_atoms,
-        "n_validation_configs": len(validation.atoms),
-        "epochs": args.epochs,
-        "n_models_pooled": 1,
-        "epoch_seconds_mean": float(np.mean(trained.epoch_seconds)),
-        "logging_overhead": trained.logging_overhead,
-        "side_by_side": side_by_side,
-        "settings": vars(settings),
-    }
     with ErrorLog(logger.log_path) as log:
-        candidates = burn_in_candidates(log, progress=True)
-    report = evaluate_ltau(
-        lambda structures, progress: evaluate_nequip(trained, structures, progress=progress),
-        candidates,
-        fit_set,
-        validation,
-        tests,
-        output_dir,
-        in_domain="test_MD_300K",
-        calibration=args.calibration,
-        training=training,
-        title="LTAU-FF with NequIP on acetylacetone (acac)",
-        started=started,
-    )
+        report = run_pipeline(
+            lambda structures, progress: evaluate_nequip(trained, structures, progress=progress),
+            log,
+            fit_set,
+            validation,
+            tests,
+            output_dir,
+            training={
+                "model": "NequIP (nequip 0.19, NequIPGNNModel)",
+                "epoch_seconds_mean": float(np.mean(trained.epoch_seconds)),
+                "logging_overhead": trained.logging_overhead,
+                "side_by_side": side_by_side,
+                "settings": vars(settings),
+            },
+            in_domain="test_MD_300K",
+            calibration=args.calibration,
+            title="LTAU-FF with NequIP on acetylacetone (acac)",
+            started=started,
+        )
     summary = headline_metrics(
         report, "test_MD_300K", "test_MD_600K", ood_only=("H_transfer", "dihedral")
     )

@@ -48,10 +48,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from ase.data import atomic_numbers
-
-from ltau import ErrorLog, ErrorRecorder, LTAUEstimator, metrics
-from ltau.applications.ensembles import (
+from _baselines import (
     CONFIDENCE,
     CalibratedTest,
     calibrate_and_predict,
@@ -59,18 +56,19 @@ from ltau.applications.ensembles import (
     maxwell_mass,
     metrics_of,
 )
-from ltau.applications.uq_evaluation import (
+from ase.data import atomic_numbers
+
+from ltau import ErrorLog, ErrorRecorder, LTAUEstimator, metrics
+from ltau.atomistic.pipeline import VALIDATION_GROUP_KEYS, run_groups, split_validation
+from ltau.atomistic.structures import read_structures
+from ltau.demo.emt_data import default_splits, isolated_atom_energies
+from ltau.integrations.mace import MACESettings, TrainedMACE, evaluate_mace, train_mace
+from ltau.selection import (
     DISTANCE_SCALES,
     K_CANDIDATES,
-    VALIDATION_GROUP_KEYS,
     burn_in_candidates,
     choose_configuration,
-    run_groups,
-    split_validation,
 )
-from ltau.atomistic.oracle import default_splits, isolated_atom_energies
-from ltau.atomistic.structures import read_structures
-from ltau.integrations.mace import MACESettings, TrainedMACE, evaluate_mace, train_mace
 
 ACAC = Path(__file__).resolve().parents[2] / "shared" / "data" / "acac"
 VARIANTS = {  # LTAU variant: (burn-in chosen, distance widening, structures as groups, scales)

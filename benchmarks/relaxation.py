@@ -8,11 +8,11 @@ Everything is generated with ASE's EMT calculator as the oracle (no downloads):
 * one MACE model (member 0) trained with per-atom error logging; LTAU fitted on its
   descriptors with k, the burn-in, the widening, the isotonic calibration and atol chosen on a
   10% validation split of the training data that holds out whole MD runs and relaxations
-  (``ltau.applications.uq_evaluation.fit_ltau``); M - 1 more members trained with
+  (``ltau.atomistic.pipeline.fit_ltau``); M - 1 more members trained with
   other seeds on the same data for the ensemble baseline;
 * test: initial structures of the training pairs (new random streams) and of the four held-out
   pairs, rattled by 0.1 Å, relaxed with member 0 + LTAU (FIRE, fmax 0.05 eV/Å, at most
-  ``--steps`` steps) by ``ltau.applications.relaxation.relax``, every step written to extxyz and
+  ``--steps`` steps) by ``ltau.atomistic.relaxation.relax``, every step written to extxyz and
   read back.
 
 Along every trajectory the true per-atom force error ``||F_MACE - F_EMT||`` (eV/Å) is computed
@@ -27,7 +27,7 @@ with EMT. Reported:
   structure EMT reaches from the same start with the same optimizer. Scores, all at the final
   frame and maximised over the moving atoms (chosen a priori): LTAU's expected error, the
   ensemble spread ``sqrt(mean_m ||F_m - F_mean||^2)`` of the M members' forces
-  (``ltau.applications.ensembles.ensemble_force_spread``), and the OOD score (mean distance to
+  (``_baselines.ensemble_force_spread``), and the OOD score (mean distance to
   the k nearest training atoms). AUROC and precision at recall 0.8 for each.
 
 Usage::
@@ -51,6 +51,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from _baselines import ensemble_force_spread
 from ase.calculators.emt import EMT
 from ase.data import atomic_numbers
 from ase.geometry import find_mic
@@ -58,17 +59,17 @@ from ase.optimize import FIRE
 from tqdm.auto import tqdm
 
 from ltau import ErrorRecorder, metrics
-from ltau.applications.ensembles import ensemble_force_spread
-from ltau.applications.relaxation import relax
-from ltau.applications.uq_evaluation import burn_in_candidates, fit_ltau, split_validation
-from ltau.atomistic.oracle import (
+from ltau.atomistic.pipeline import fit_ltau, split_validation
+from ltau.atomistic.relaxation import relax
+from ltau.atomistic.structures import read_structures
+from ltau.demo.emt_data import (
     isolated_atom_energies,
     make_initial_structures,
     make_md_dataset,
     make_relaxation_frames,
 )
-from ltau.atomistic.structures import read_structures
 from ltau.integrations.mace import LTAUCalculator, MACESettings, evaluate_mace, train_mace
+from ltau.selection import burn_in_candidates
 
 METALS = ("Cu", "Pt", "Ni", "Pd")
 ADSORBATES = ("H", "O", "OH", "CO", "N")

@@ -35,8 +35,7 @@ import numpy as np
 
 from ltau import ErrorRecorder, metrics
 from ltau._io import atomic_path
-from ltau.applications.tuning import TuningStrategy
-from ltau.applications.uq_evaluation import split_validation
+from ltau.atomistic.pipeline import split_validation
 from ltau.atomistic.structures import (
     LabelledStructures,
     read_isolated_atom_energies,
@@ -45,6 +44,7 @@ from ltau.atomistic.structures import (
 from ltau.dynamics import groups_from_sizes, training_dynamics
 from ltau.integrations.mace import MACESettings, TrainedMACE, evaluate_mace, train_mace
 from ltau.report import plot_training_dynamics
+from ltau.tuning import TuningStrategy
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "acac"
 SETS = ("train", "validation", "test_MD_300K", "test_MD_600K")

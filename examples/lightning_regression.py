@@ -27,9 +27,9 @@ from sklearn.datasets import make_friedman3
 from torch.utils.data import DataLoader, TensorDataset
 
 from ltau import ErrorRecorder, LTAUEstimator, metrics
-from ltau.applications.uq_evaluation import burn_in_candidates, choose_configuration
 from ltau.integrations.lightning import LTAUCallback
 from ltau.integrations.torch import LayerOutput
+from ltau.selection import burn_in_candidates, choose_configuration
 
 
 class Regressor(lightning.LightningModule):

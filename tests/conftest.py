@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import faiss
 import numpy as np
 import pytest
 from ltau_reference import clustered
 
 from ltau import ErrorDistributions
+
+# Benchmark-only code (baselines, shared helpers) lives in benchmarks/ and is tested from here.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 # One FAISS thread: deterministic HNSW graphs, and far faster than OpenMP on a shared 2-core box.
 faiss.omp_set_num_threads(1)

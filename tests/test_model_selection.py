@@ -1,4 +1,4 @@
-"""Choosing k, the burn-in and the distance scale on validation data (``ltau.applications.uq_evaluation``)."""
+"""Choosing k, the burn-in and the distance scale on validation data (``ltau.selection``)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,16 @@ import pytest
 from ase import Atoms
 
 from ltau import ErrorDistributions, ErrorLog, ErrorRecorder, LTAUEstimator, metrics
-from ltau.applications.uq_evaluation import (
+from ltau.atomistic.pipeline import run_groups, split_validation
+from ltau.atomistic.structures import LabelledStructures
+from ltau.exceptions import LTAUInputError
+from ltau.selection import (
     CV_FOLDS,
     CV_REPEATS,
     CV_SEED,
     burn_in_candidates,
     choose_configuration,
-    run_groups,
-    split_validation,
 )
-from ltau.atomistic.structures import LabelledStructures
-from ltau.exceptions import LTAUInputError
 
 N_EPOCHS = 8
 

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("mace")
 
 from ltau import ErrorLog, LTAUEstimator
-from ltau.atomistic.oracle import make_md_dataset, write_extxyz
 from ltau.cli import main
+from ltau.demo.emt_data import make_md_dataset, write_extxyz
 
 
 @pytest.fixture(scope="module")

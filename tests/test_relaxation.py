@@ -15,10 +15,10 @@ from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 
 from ltau import ErrorRecorder, LTAUEstimator
-from ltau.applications.relaxation import QUANTITIES, relax
-from ltau.atomistic.oracle import make_initial_structures, make_md_dataset, write_extxyz
+from ltau.atomistic.relaxation import QUANTITIES, relax
 from ltau.atomistic.structures import read_structures
 from ltau.cli import main
+from ltau.demo.emt_data import make_initial_structures, make_md_dataset, write_extxyz
 from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.integrations.mace import LTAUCalculator, MACESettings, evaluate_mace, train_mace
 

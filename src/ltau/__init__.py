@@ -5,11 +5,11 @@ and predict a query's error distribution from its nearest training samples in th
 space. See ``ErrorRecorder``, ``ErrorDistributions`` and ``LTAUEstimator``.
 """
 
-__version__ = "0.1.0"
-
-from ltau.distributions import Bins, ErrorDistributions
+from ltau._version import __version__
+from ltau.distributions import ErrorDistributions
 from ltau.estimator import LTAUEstimator, LTAUPrediction
-from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.exceptions import LTAUFileError, LTAUInputError, NotFittedError
+from ltau.histogram import Bins
 from ltau.recording import ErrorLog, ErrorRecorder
 
 __all__ = [
@@ -21,5 +21,6 @@ __all__ = [
     "LTAUFileError",
     "LTAUInputError",
     "LTAUPrediction",
+    "NotFittedError",
     "__version__",
 ]

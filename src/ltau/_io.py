@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ltau import __version__
+from ltau._version import __version__
 from ltau.exceptions import LTAUFileError, LTAUInputError
 
 FORMAT_VERSIONS = {"ltau-estimator": 2, "ltau-distributions": 1, "ltau-error-log": 1}

@@ -21,7 +21,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ltau._validation import as_float_matrix, positive_int
+from ltau._checks import as_float_matrix, positive_int
 from ltau.exceptions import LTAUInputError
 
 INDEX_DEFAULTS: dict[str, dict[str, int]] = {

@@ -1,7 +1,8 @@
-"""Atomistic helpers for ltau (need ASE; the core ``ltau`` package never imports them).
+"""Atomistic layer of ltau (needs ASE; the core ``ltau`` package never imports it).
 
-``ltau.atomistic.structures`` reads labelled structures (energies, forces) and numbers their
-atoms; ``ltau.atomistic.calculator`` is the ASE calculator base every force-field integration
-builds on (model outputs in, LTAU's per-atom results out); ``ltau.atomistic.oracle`` generates small force-field training and test sets of
-adsorbates on fcc(111) metal slabs, labelled with ASE's EMT calculator as a physical oracle.
+``structures`` reads labelled structures (energies, forces) and numbers their atoms;
+``calculator`` is the ASE calculator base every force-field integration builds on (model
+outputs in, LTAU's per-atom results out); ``relaxation`` relaxes structures with per-step
+uncertainty; ``pipeline`` fits, calibrates and evaluates LTAU for any force field whose
+descriptors and force errors it is given, making every choice on a validation split.
 """

@@ -33,10 +33,12 @@ from mace.modules.utils import extract_invariant
 from mace.tools import AtomicNumberTable, torch_geometric
 from tqdm.auto import tqdm
 
+from ltau._checks import positive_number
 from ltau.atomistic.calculator import LTAUCalculatorBase, ModelOutput
-from ltau.atomistic.structures import LabelledStructures
+from ltau.atomistic.structures import ForceFieldEvaluation, LabelledStructures
 from ltau.estimator import LTAUEstimator
-from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.exceptions import LTAUInputError
+from ltau.integrations._trained import TrainingTimes, read_model_file
 from ltau.recording import ErrorRecorder
 
 _ENERGY, _FORCES = "ltau_REF_energy", "ltau_REF_forces"
@@ -66,12 +68,11 @@ class MACESettings:
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "float64"):
             raise LTAUInputError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
-        if not self.r_max > 0:
-            raise LTAUInputError(f"r_max must be positive (Å); got {self.r_max}")
+        positive_number(self.r_max, "r_max", "a positive number (Å)")
 
 
 @dataclass
-class TrainedMACE:
+class TrainedMACE(TrainingTimes):
     """A trained model with what is needed to evaluate it, and the training timings."""
 
     model: torch.nn.Module
@@ -79,12 +80,6 @@ class TrainedMACE:
     atomic_numbers: list[int]
     epoch_seconds: list[float] = field(default_factory=list)
     logging_seconds: list[float] = field(default_factory=list)
-
-    @property
-    def logging_overhead(self) -> float:
-        """Time spent recording errors as a fraction of the training time without it."""
-        total, logging = sum(self.epoch_seconds), sum(self.logging_seconds)
-        return logging / (total - logging) if total > logging else float("nan")
 
     def save(self, path: str | os.PathLike) -> None:
         """Save the model (torch's format, as mace does) and its settings."""
@@ -95,12 +90,7 @@ class TrainedMACE:
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainedMACE:
         """Load a model saved by :meth:`save` (a trusted file: torch unpickles it)."""
-        try:
-            payload = torch.load(path, weights_only=False, map_location="cpu")
-        except Exception as exc:
-            raise LTAUFileError(f"{path} is not a readable model file: {exc}") from exc
-        if not isinstance(payload, dict) or payload.get("format") != "ltau-mace-model":
-            raise LTAUFileError(f"{path} was not written by TrainedMACE.save")
+        payload = read_model_file(path, "ltau-mace-model", "TrainedMACE.save")
         stored = payload["settings"]
         return cls(
             model=payload["model"],
@@ -109,16 +99,6 @@ class TrainedMACE:
             epoch_seconds=list(stored["epoch_seconds"]),
             logging_seconds=list(stored["logging_seconds"]),
         )
-
-
-@dataclass
-class MACEEvaluation:
-    """Model outputs for a set of structures (atoms concatenated in configuration order)."""
-
-    energies: np.ndarray  # (n_configs,) eV
-    forces: np.ndarray  # (n_atoms, 3) eV/Å
-    descriptors: np.ndarray  # (n_atoms, n_features) invariant node features
-    force_errors: np.ndarray | None  # (n_atoms,) ||F_pred - F_ref|| eV/Å, if references exist
 
 
 @contextlib.contextmanager
@@ -214,8 +194,9 @@ def evaluate_mace(
     *,
     batch_size: int = 20,
     progress: bool = False,
-) -> MACEEvaluation:
-    """Energies, forces, invariant descriptors (and force errors if labelled), batched."""
+) -> ForceFieldEvaluation:
+    """Energies, forces, invariant descriptors (the invariant node features) and force
+    errors if labelled, batched."""
     model = trained.model
     z_table = AtomicNumberTable(trained.atomic_numbers)
     _check_elements(structures.atomic_numbers, z_table)
@@ -228,16 +209,7 @@ def evaluate_mace(
             energies.append(output["energy"].detach().numpy())
             forces.append(output["forces"].detach().numpy())
             descriptors.append(invariant_descriptors(model, output["node_feats"]))
-    predicted_forces = np.concatenate(forces).astype(np.float64)
-    force_errors = None
-    if structures.forces is not None:
-        force_errors = np.linalg.norm(predicted_forces - structures.forces, axis=1)
-    return MACEEvaluation(
-        np.concatenate(energies).astype(np.float64),
-        predicted_forces,
-        np.concatenate(descriptors),
-        force_errors,
-    )
+    return ForceFieldEvaluation.from_batches(structures, energies, forces, descriptors)
 
 
 def invariant_descriptors(model: torch.nn.Module, node_feats: torch.Tensor) -> np.ndarray:
@@ -414,7 +386,6 @@ def _check_elements(numbers: np.ndarray, z_table: AtomicNumberTable) -> None:
 
 __all__ = [
     "LTAUCalculator",
-    "MACEEvaluation",
     "MACESettings",
     "TrainedMACE",
     "evaluate_mace",

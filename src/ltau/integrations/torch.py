@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ltau._validation import check_finite, positive_int
+from ltau._checks import check_finite, positive_int
 from ltau.exceptions import LTAUInputError
 from ltau.recording import ErrorRecorder
 

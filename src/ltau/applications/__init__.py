@@ -1,1 +1,0 @@
-"""Applications of LTAU: the force-field pipeline, relaxations, training-set tuning."""

@@ -1,0 +1,50 @@
+"""Helpers shared by the subcommands: numeric .npy input, CSV output, NAME=VALUE pairs."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ltau._io import atomic_path
+from ltau.exceptions import LTAUFileError, LTAUInputError
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """Load a numeric .npy array without pickle, with errors that name the file."""
+    if not path.exists():
+        raise LTAUFileError(f"{path} does not exist")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise LTAUFileError(f"{path} is not a readable .npy array: {exc}") from exc
+    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
+        raise LTAUFileError(f"{path} does not hold a numeric array")
+    return array
+
+
+def write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
+    """Write named columns of equal length as a CSV file with a header row, atomically."""
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(zip(*(values.tolist() for values in columns.values()), strict=True))
+
+
+def pairs(items: Sequence[str]) -> dict[str, str]:
+    result = {}
+    for item in items:
+        name, separator, value = item.partition("=")
+        if not separator or not name:
+            raise LTAUInputError(f"expected NAME=VALUE; got {item!r}")
+        result[name] = value
+    return result
+
+
+def int_value(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise LTAUInputError(f"index parameter {name} must be an integer; got {value!r}") from exc

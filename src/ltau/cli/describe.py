@@ -1,0 +1,75 @@
+"""`ltau describe`: describe an ltau file (estimator, distributions or error log) as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ltau._io import file_format
+from ltau.distributions import ErrorDistributions, load_distributions
+from ltau.estimator import LTAUEstimator
+from ltau.recording import ErrorLog
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Add the ``describe`` subcommand to ``commands``."""
+    parser = commands.add_parser(
+        "describe",
+        help="describe an ltau file (estimator, distributions or error log)",
+        description="Print what an ltau file holds, as JSON.",
+    )
+    parser.add_argument("file", type=Path)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Write a JSON summary of ``args.file`` to standard output."""
+    kind = file_format(args.file)
+    summary: dict[str, object] = {"file": str(args.file), "format": kind}
+    if kind == "ltau-estimator":
+        estimator = LTAUEstimator.load(args.file)
+        summary |= {
+            "settings": estimator.get_params(),
+            "index_params": estimator.index_.params,
+            "n_samples": estimator.distributions_.n_samples,
+            "descriptor_dim": estimator.n_features_in_,
+            "metadata": estimator.metadata_,
+        }
+        summary |= _describe_distributions(estimator.distributions_)
+    elif kind == "ltau-distributions":
+        summary |= _describe_distributions(load_distributions(args.file))
+    else:
+        with ErrorLog(args.file) as log:
+            summary |= {
+                "n_samples": log.n_samples,
+                "n_epochs": log.n_epochs,
+                "epochs_by_member": log.epochs_by_member,
+            }
+    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+
+
+def _describe_distributions(distributions: ErrorDistributions) -> dict[str, object]:
+    expected = distributions.expected_error()
+    return {
+        "n_samples": distributions.n_samples,
+        "bins": {
+            "n_bins": distributions.bins.n_bins,
+            "spacing": distributions.bins.spacing,
+            "low": float(distributions.bins.edges[0]),
+            "high": float(distributions.bins.edges[-1]),
+        },
+        "observations_per_sample": {
+            "min": int(distributions.n_observations.min()),
+            "max": int(distributions.n_observations.max()),
+        },
+        "clipped_observations": {"below": distributions.n_below, "above": distributions.n_above},
+        "expected_error": {
+            "min": float(expected.min()),
+            "median": float(np.median(expected)),
+            "max": float(expected.max()),
+        },
+    }

@@ -1,0 +1,69 @@
+"""`ltau fit`: fit an estimator from training descriptors and distributions."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ltau._io import check_output_path
+from ltau.cli._common import int_value, load_npy, pairs
+from ltau.distributions import load_distributions
+from ltau.estimator import LTAUEstimator
+from ltau.search import INDEX_DEFAULTS
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Add the ``fit`` subcommand to ``commands``."""
+    parser = commands.add_parser(
+        "fit",
+        help="fit an estimator from training descriptors and distributions",
+        description="Index training descriptors (row i <-> sample i) and save the estimator.",
+    )
+    parser.add_argument("--descriptors", type=Path, required=True, help="(n_samples, dim) .npy")
+    parser.add_argument("--distributions", type=Path, required=True, help="distributions file")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="estimator file (.h5)")
+    parser.add_argument("-k", "--neighbors", type=int, default=10, help="neighbours per query (10)")
+    parser.add_argument("--weights", choices=("uniform", "distance"), default="uniform")
+    parser.add_argument(
+        "--distance-scale",
+        choices=("absolute", "local"),
+        default="absolute",
+        help="'local': distances relative to the training set's local spacing",
+    )
+    parser.add_argument("--index", choices=sorted(INDEX_DEFAULTS), default="exact")
+    parser.add_argument(
+        "--index-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="index parameter, repeatable; hnsw: M, ef_construction, ef_search; "
+        "ivfpq: nlist, m, nbits, nprobe",
+    )
+    parser.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fact to store with the estimator, repeatable (e.g. unit=eV/A)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Fit and save the estimator."""
+    check_output_path(args.output)
+    descriptors = load_npy(args.descriptors)
+    distributions = load_distributions(args.distributions)
+    estimator = LTAUEstimator(
+        args.neighbors,
+        weights=args.weights,
+        distance_scale=args.distance_scale,
+        index=args.index,
+        index_params={k: int_value(k, v) for k, v in pairs(args.index_param).items()},
+    )
+    estimator.fit(descriptors, distributions)
+    estimator.save(args.output, metadata=pairs(args.metadata))
+    logger.info(f"wrote {args.output}: {estimator!r} on {descriptors.shape[0]} samples")
