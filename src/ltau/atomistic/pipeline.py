@@ -121,6 +121,7 @@ def evaluate_ltau(
     title: str,
     started: float,
     group_keys: Sequence[str] = VALIDATION_GROUP_KEYS,
+    model_facts: dict | None = None,
 ) -> dict:
     """The model-agnostic half of the pipeline: fit LTAU on the training atoms' descriptors
     and the burn-in ``candidates`` (:func:`burn_in_candidates`), choose k / burn-in /
@@ -129,6 +130,8 @@ def evaluate_ltau(
 
     ``evaluate(structures, progress)`` runs the trained model; ``training`` is reported as is;
     ``started`` is the ``time.perf_counter()`` at the start of the run (for ``wall_seconds``);
+    ``model_facts`` (e.g. ``model_sha256``, the fingerprint of the model's weights, which
+    calculators check) are stored with the estimator;
     ``group_keys`` name the runs that cross-validation folds keep whole (:func:`run_groups`).
     """
     fit_eval = evaluate(fit_set, True)
@@ -149,6 +152,7 @@ def evaluate_ltau(
             "model": "model.pt",
             "atol_eV_per_A": atol,
             "skip_epochs": selection["skip_epochs"],
+            **(model_facts or {}),
         },
     )
 
