@@ -19,7 +19,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "training atom's force-error norm from each training step's own forward pass into "
         "LOG. Everything after '--' goes to mace_run_train. Not supported yet: --distributed, "
         "--lbfgs, preprocessed (.h5) training data.",
-        usage="ltau mace-train --log LOG [--overwrite] [--member M] -- MACE_RUN_TRAIN_ARGUMENTS",
+        usage="ltau mace-train --log LOG [--overwrite] [--member M] [--trust-model] -- "
+        "MACE_RUN_TRAIN_ARGUMENTS",
     )
     parser.add_argument("--log", type=Path, required=True, help="error log to write (.h5)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing log")
@@ -29,6 +30,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=0,
         help="model number in the log; M > 0 adds another model's epochs to an existing log "
         "of the same training file (an ensemble or seeds, pooled per atom)",
+    )
+    parser.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="accept a --foundation_model that cannot be loaded without running code (mace "
+        "unpickles it fully; only for files whose origin you trust)",
     )
     parser.add_argument("mace_arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parser.set_defaults(handler=run)
@@ -49,4 +56,10 @@ def run(args: argparse.Namespace) -> None:
         raise LTAUInputError(
             f"mace-train needs the 'mace' extra (pip install 'ltau[mace]'): {exc}"
         ) from exc
-    run_mace_train(mace_arguments, args.log, member=args.member, overwrite=args.overwrite)
+    run_mace_train(
+        mace_arguments,
+        args.log,
+        member=args.member,
+        overwrite=args.overwrite,
+        trusted=args.trust_model,
+    )

@@ -57,6 +57,14 @@ def run(args: argparse.Namespace) -> None:
         )
         for name, path in tests.items()
     }
+    known = set(forcefield.elements)
+    for name, structures in test_sets.items():
+        unknown = sorted({s for a in structures.atoms for s in a.get_chemical_symbols()} - known)
+        if unknown:
+            raise LTAUInputError(
+                f"test set {name!r} has element(s) {', '.join(unknown)}; the model does not "
+                f"know element(s) outside {', '.join(sorted(known))}"
+            )
     evaluate_logged_training(
         forcefield.evaluate,
         args.log,

@@ -37,6 +37,7 @@ import torch
 
 from ltau._io import file_sha256
 from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.integrations.model_files import load_pickled_model
 from ltau.recording import ErrorRecorder
 
 logger = logging.getLogger(__name__)
@@ -359,8 +360,10 @@ def _atomic_numbers(model: torch.nn.Module, node_attrs: torch.Tensor) -> np.ndar
     return table[node_attrs.detach().argmax(dim=1).cpu().numpy()].astype(np.int64)
 
 
-def parse_mace_arguments(mace_argv: Sequence[str]) -> Any:
-    """mace_run_train's own parser on ``mace_argv``; refuses what ltau cannot record yet."""
+def parse_mace_arguments(mace_argv: Sequence[str], *, trusted: bool = False) -> Any:
+    """mace_run_train's own parser on ``mace_argv``; refuses what ltau cannot record yet, and
+    a ``--foundation_model`` that is not a local file (nothing is downloaded) or that cannot
+    be loaded without running code (unless ``trusted``: mace itself unpickles it fully)."""
     from mace import tools
 
     try:
@@ -379,7 +382,23 @@ def parse_mace_arguments(mace_argv: Sequence[str]) -> Any:
             f"--train_file {args.train_file} is preprocessed data: ltau mace-train maps atoms "
             "through the extxyz file itself"
         )
+    if args.foundation_model is not None:
+        check_foundation_model(args.foundation_model, trusted=trusted)
     return args
+
+
+def check_foundation_model(path: str, *, trusted: bool = False) -> None:
+    """A foundation model for fine-tuning must be a local mace model file; mace loads it with
+    full unpickling, so ltau first loads it with the allowlist unless ``trusted``."""
+    if not Path(path).is_file():
+        raise LTAUInputError(
+            f"--foundation_model {path} is not a local file: ltau mace-train downloads nothing; "
+            "give the path of the foundation model's .model file"
+        )
+    if not trusted:
+        model = load_pickled_model(path)
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "atomic_numbers"):
+            raise LTAUFileError(f"--foundation_model {path} is not a mace model")
 
 
 def run_mace_train(
@@ -388,13 +407,15 @@ def run_mace_train(
     *,
     member: int = 0,
     overwrite: bool = False,
+    trusted: bool = False,
 ) -> dict[str, Any]:
     """Run ``mace_run_train`` with ``mace_argv`` (its own parser, loop and outputs), recording
     every training atom's force-error norm per epoch into ``log_path``; return the log's
-    provenance (see the module docstring)."""
+    provenance (see the module docstring). ``trusted``: accept a foundation model that cannot
+    be loaded without running code."""
     from mace.cli import run_train
 
-    args = parse_mace_arguments(mace_argv)
+    args = parse_mace_arguments(mace_argv, trusted=trusted)
     recording = MACETrainingLogger(args.train_file, log_path, member=member, overwrite=overwrite)
     started = time.perf_counter()
     try:
