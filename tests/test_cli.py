@@ -166,6 +166,19 @@ def test_calibrate_with_groups_matches_python_api(recorded, capsys):
     )
     assert code == 0 and "no distance widening" in out
     assert LTAUEstimator.load(d / "plain.h5").widening_ is None
+    # --pdf of the scale-calibrated estimator: the densities come with the bins they live on.
+    code, _, _ = run(
+        capsys,
+        *("predict", d / "plain.h5", "--descriptors", d / "query.npy", "-o", d / "pdf.npz"),
+        "--pdf",
+    )
+    assert code == 0
+    plain = LTAUEstimator.load(d / "plain.h5").predict(np.load(d / "query.npy"), return_pdf=True)
+    with np.load(d / "pdf.npz", allow_pickle=False) as archive:
+        np.testing.assert_allclose(archive["bin_edges"], plain.bins.edges)
+        assert not np.allclose(archive["bin_edges"], LTAUEstimator.load(d / "plain.h5").bins.edges)
+        mass = archive["pdf"] * np.diff(archive["bin_edges"])
+        np.testing.assert_allclose(mass.sum(axis=1), 1.0)
 
 
 def test_describe_log_and_distributions(recorded, capsys):

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
                 arrays = dict(columns)
                 if prediction.pdf is not None:
                     arrays["pdf"] = prediction.pdf
-                    arrays["bin_edges"] = estimator.bins.edges
+                    arrays["bin_edges"] = prediction.bins.edges
                 np.savez(handle, **arrays)
     logger.info(
         f"wrote {args.output}: {len(prediction.expected_error)} queries, columns {list(columns)}"

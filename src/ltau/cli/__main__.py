@@ -1,0 +1,7 @@
+"""``python -m ltau.cli``: the ``ltau`` command."""
+
+import sys
+
+from ltau.cli import main
+
+sys.exit(main())
