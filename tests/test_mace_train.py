@@ -26,7 +26,7 @@ from ltau.integrations.models import load_forcefield
 ACAC = Path(__file__).resolve().parents[2] / "shared" / "data" / "acac"
 E0S = "{1: -13.568422178253735, 6: -1026.8538996116154, 8: -2037.796869412825}"
 N_TRAIN, N_VALID = 36, 9  # --valid_fraction 0.25; 27 trained on = 3 full batches of 9
-PLANTED = (5, 3, 10.0)
+PLANTED = (6, 3, 10.0)
 """Configuration, atom and eV/Å added to one reference force: the log must show it there."""
 MACE_SMALL = [
     *("--model", "MACE", "--num_channels", "8", "--max_L", "0", "--r_max", "4.0"),
@@ -213,7 +213,7 @@ def test_a_model_file_with_a_pickle_payload_is_refused(tmp_path, capsys):
         ("def forward(self, x):\n    return torch.save(x, 'f')", "torch.save"),
         ("def forward(self, x):\n    return x.__class__", "private attribute"),
         ("def forward(self, x):\n    import os\n    return x", "Import"),
-        ("def forward(self, x):\n    return __import__('os')", "'__import__'"),
+        ("def forward(self, x):\n    return __import__('os')", "calls __import__"),
         ("def forward(self, x):\n    return (lambda: x)()", "Lambda"),
         ("def helper():\n    pass\ndef forward(self, x):\n    return x", "more than one"),
     ],

@@ -107,6 +107,9 @@ def load_forcefield(
         return _mace(path, device, trusted, head)
     if "nequip" in packages:
         return _nequip_saved(path, device, trusted)
+    from ltau.integrations.model_files import load_pickled_model
+
+    load_pickled_model(path, trusted=trusted)  # names what it refuses, if anything
     raise LTAUFileError(
         f"{path} is a torch.save file of no model kind ltau knows (it names no mace or nequip "
         "classes)"
