@@ -174,6 +174,25 @@ def test_fine_tuning_from_a_local_foundation_model(run):
         load_forcefield(run / "finetuned.model").calculator(estimator)
 
 
+def test_descriptors_and_predict_check_the_model(run, capsys):
+    """`ltau descriptors` then `ltau predict`: the estimator's model passes, another fails."""
+    for name in ("tiny", "finetuned"):
+        code = main(["descriptors", str(run / "test.xyz"), "--model", str(run / f"{name}.model"),
+                     "-o", str(run / f"{name}.npz")])  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+    with np.load(run / "tiny.npz") as archive:
+        expected = load_forcefield(run / "tiny.model").evaluate(_structures(run / "test.xyz"))
+        np.testing.assert_array_equal(archive["descriptors"], expected.descriptors)
+    estimator = str(run / "out" / "estimator.h5")
+    assert main(["predict", estimator, "--descriptors", str(run / "tiny.npz"),
+                 "-o", str(run / "p.csv")]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["predict", estimator, "--descriptors", str(run / "finetuned.npz"),
+                 "-o", str(run / "q.csv")]) == 2  # fmt: skip
+    assert "descriptors of another model" in capsys.readouterr().err
+    assert not (run / "q.csv").exists()
+
+
 class Payload:
     def __reduce__(self):
         import os
