@@ -6,9 +6,10 @@ from __future__ import annotations
 def headline_metrics(
     report: dict, in_domain: str, shifted: str, ood_only: tuple[str, ...] = ()
 ) -> dict:
-    """The flat summary a benchmark prints from an :func:`evaluate_ltau` ``report``: per-atom
-    metrics of the ``in_domain`` and ``shifted`` sets, OOD-score AUROCs (also of the unlabelled
-    ``ood_only`` sets, keyed by their lower-cased names), choices and timings."""
+    """The flat summary a benchmark prints from the ``report`` of
+    :func:`~ltau.atomistic.pipeline.run_pipeline`: per-atom metrics of the ``in_domain`` and
+    ``shifted`` sets, OOD-score AUROCs (also of the unlabelled ``ood_only`` sets, keyed by their
+    lower-cased names), choices and timings."""
     sets = report["sets"]
     summary = {}
     for metric in ("spearman", "miscalibration_area", "coverage90"):

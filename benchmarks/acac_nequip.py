@@ -26,11 +26,10 @@ from pathlib import Path
 import numpy as np
 from _common import headline_metrics
 
-from ltau.atomistic.pipeline import evaluate_ltau, split_validation
+from ltau.atomistic.pipeline import run_pipeline, split_validation
 from ltau.atomistic.structures import read_structures
 from ltau.integrations.nequip import NequIPSettings, evaluate_nequip, train_nequip
 from ltau.recording import ErrorLog
-from ltau.selection import burn_in_candidates
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "acac"
 TESTS = {
@@ -84,33 +83,26 @@ def main(argv: list[str] | None = None) -> dict:
     )
     trained.save(output_dir / "model.pt")
     side_by_side = _side_by_side(fit_set, settings, e0s, args.overhead_epochs, output_dir)
-    training = {
-        "model": "NequIP (nequip 0.19, NequIPGNNModel)",
-        "n_fit_configs": len(fit_set.atoms),
-        "n_fit_atoms": fit_set.n_atoms,
-        "n_validation_configs": len(validation.atoms),
-        "epochs": args.epochs,
-        "n_models_pooled": 1,
-        "epoch_seconds_mean": float(np.mean(trained.epoch_seconds)),
-        "logging_overhead": trained.logging_overhead,
-        "side_by_side": side_by_side,
-        "settings": vars(settings),
-    }
     with ErrorLog(logger.log_path) as log:
-        candidates = burn_in_candidates(log, progress=True)
-    report = evaluate_ltau(
-        lambda structures, progress: evaluate_nequip(trained, structures, progress=progress),
-        candidates,
-        fit_set,
-        validation,
-        tests,
-        output_dir,
-        in_domain="test_MD_300K",
-        calibration=args.calibration,
-        training=training,
-        title="LTAU-FF with NequIP on acetylacetone (acac)",
-        started=started,
-    )
+        report = run_pipeline(
+            lambda structures, progress: evaluate_nequip(trained, structures, progress=progress),
+            log,
+            fit_set,
+            validation,
+            tests,
+            output_dir,
+            training={
+                "model": "NequIP (nequip 0.19, NequIPGNNModel)",
+                "epoch_seconds_mean": float(np.mean(trained.epoch_seconds)),
+                "logging_overhead": trained.logging_overhead,
+                "side_by_side": side_by_side,
+                "settings": vars(settings),
+            },
+            in_domain="test_MD_300K",
+            calibration=args.calibration,
+            title="LTAU-FF with NequIP on acetylacetone (acac)",
+            started=started,
+        )
     summary = headline_metrics(
         report, "test_MD_300K", "test_MD_600K", ood_only=("H_transfer", "dihedral")
     )

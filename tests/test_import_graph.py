@@ -88,7 +88,7 @@ def core_modules() -> list[str]:
     return [
         module_name(path)
         for path in sorted(SOURCE.rglob("*.py"))
-        if layer_of(module_name(path)) in ("core", "cli")
+        if layer_of(module_name(path)) in ("core", "cli") and path.stem != "__main__"
     ]
 
 

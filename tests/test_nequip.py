@@ -20,6 +20,7 @@ from ase.calculators.emt import EMT
 from hydra.utils import instantiate
 
 from ltau import LTAUEstimator
+from ltau.atomistic.pipeline import run_pipeline
 from ltau.atomistic.structures import read_structures
 from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.integrations.nequip import (
@@ -150,6 +151,38 @@ def test_callback_from_a_nequip_train_config(tmp_path):
     with ErrorLog(tmp_path / "errors.h5") as log:
         assert log.n_epochs == 2 and log.n_samples == 6 * 9  # 6 training frames of 9 atoms
         assert np.all(np.isfinite(log.to_array()))
+
+
+def test_model_agnostic_pipeline_runs_on_nequip(trained, tmp_path):
+    """run_pipeline, the pipeline the MACE demo uses, serves NequIP as it is: its log, its
+    evaluate function, and a report with a per-element breakdown."""
+    structures, model, logger = trained
+    unlabelled = labelled(emt_structures(2, 9))
+    unlabelled.forces = None
+    with ErrorLog(logger.log_path) as log:
+        report = run_pipeline(
+            lambda s, progress: evaluate_nequip(model, s, progress=progress),
+            log,
+            structures,
+            labelled(emt_structures(4, 3)),
+            {"in_domain": labelled(emt_structures(3, 4)), "unlabelled": unlabelled},
+            tmp_path,
+            training={"model": "NequIP"},
+            in_domain="in_domain",
+            calibration="scale",
+        )
+    assert report["training"]["model"] == "NequIP"
+    assert report["training"]["epochs"] == 2 and report["training"]["n_models_pooled"] == 1
+    assert report["training"]["n_fit_atoms"] == structures.n_atoms
+    in_domain = report["sets"]["in_domain"]
+    assert set(in_domain["per_element"]) == {"Cu", "H"}
+    assert in_domain["per_element"]["Cu"]["n_atoms"] == 3 * 8
+    assert 0 <= report["sets"]["unlabelled"]["auroc_ood_score_vs_in_domain"] <= 1
+    assert (tmp_path / "report.html").stat().st_size > 0
+    assert (
+        LTAUEstimator.load(tmp_path / "estimator.h5").n_neighbors
+        == report["chosen_on_validation"]["k"]
+    )
 
 
 def test_bad_inputs(trained, tmp_path):

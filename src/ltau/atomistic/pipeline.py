@@ -15,13 +15,15 @@ for exceedance flags is its 90th percentile of true errors.
 Per-atom quantities: true error ``||F_pred - F_ref||_2`` (eV/Å); predicted expected error
 (eV/Å); exceedance ``P(error > atol)``; OOD score = mean Euclidean distance to the k nearest
 training atoms in the model's invariant descriptor space (relative to their local scales if
-the chosen distance scale is local). Any model plugs in through an
-``evaluate(structures, progress)`` function returning descriptors and force errors.
+the chosen distance scale is local). Any force field plugs in through :func:`run_pipeline`:
+its error log and an ``evaluate(structures, progress)`` function returning descriptors and
+force errors.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,8 +36,9 @@ from ltau.atomistic.structures import LabelledStructures
 from ltau.distributions import ErrorDistributions
 from ltau.estimator import LTAUEstimator, LTAUPrediction
 from ltau.exceptions import LTAUInputError
-from ltau.report import SetResults, write_report
-from ltau.selection import CV_FOLDS, CV_REPEATS, choose_configuration
+from ltau.recording import ErrorLog, ErrorRecorder
+from ltau.report import SetResults, element_breakdown, write_report
+from ltau.selection import CV_FOLDS, CV_REPEATS, burn_in_candidates, choose_configuration
 
 logger = logging.getLogger(__name__)
 
@@ -107,33 +110,74 @@ class Evaluation(Protocol):
     force_errors: np.ndarray | None  # (n_atoms,) eV/Å, None without reference forces
 
 
-def evaluate_ltau(
+def check_in_domain(tests: dict[str, LabelledStructures], in_domain: str) -> None:
+    """Raise unless ``in_domain`` names one of the ``tests`` (check before training)."""
+    if in_domain not in tests:
+        raise LTAUInputError(
+            f"in-domain test set {in_domain!r} not among the test sets {sorted(tests)}"
+        )
+
+
+def run_pipeline(
     evaluate: Callable[[LabelledStructures, bool], Evaluation],
-    candidates: dict[int, ErrorDistributions],
+    errors: ErrorLog | ErrorRecorder,
     fit_set: LabelledStructures,
     validation: LabelledStructures,
     tests: dict[str, LabelledStructures],
-    output_dir: Path,
+    output_dir: str | os.PathLike,
     *,
-    in_domain: str,
-    calibration: str,
     training: dict,
-    title: str,
-    started: float,
+    in_domain: str,
+    calibration: str = "isotonic",
+    title: str = "LTAU-FF",
+    n_bins: int = 100,
     group_keys: Sequence[str] = VALIDATION_GROUP_KEYS,
+    started: float | None = None,
+    samples: np.ndarray | None = None,
     model_facts: dict | None = None,
 ) -> dict:
-    """The model-agnostic half of the pipeline: fit LTAU on the training atoms' descriptors
-    and the burn-in ``candidates`` (:func:`burn_in_candidates`), choose k / burn-in /
-    calibration / atol on ``validation``, evaluate the test sets, write ``estimator.h5``, the
-    report and metrics into ``output_dir``.
+    """The model-agnostic half of LTAU-FF, for any force field trained on ``fit_set`` with its
+    per-atom errors recorded in ``errors`` (a recorder with a log file, or an open log; one
+    sample per atom of ``fit_set``, models pooled).
 
-    ``evaluate(structures, progress)`` runs the trained model; ``training`` is reported as is;
-    ``started`` is the ``time.perf_counter()`` at the start of the run (for ``wall_seconds``);
-    ``model_facts`` (e.g. ``model_sha256``, the fingerprint of the model's weights, which
-    calculators check) are stored with the estimator;
-    ``group_keys`` name the runs that cross-validation folds keep whole (:func:`run_groups`).
+    Builds the burn-in candidates from the log (:func:`~ltau.selection.burn_in_candidates`,
+    ``n_bins`` log-spaced bins), fits LTAU on the training atoms' descriptors with every choice
+    made on ``validation`` (:func:`fit_ltau`), evaluates the ``tests`` (OOD AUROCs against
+    ``in_domain``), and writes ``estimator.h5``, ``metrics.json`` and ``report.html`` into
+    ``output_dir``. Returns the metrics dictionary (what ``metrics.json`` holds).
+
+    ``evaluate(structures, progress)`` runs the trained model; ``training`` holds what only
+    the caller knows (timings, settings) and is reported after the split sizes and the epochs
+    and models read from the log; ``group_keys`` name the runs that the validation split and
+    cross-validation keep whole (:func:`run_groups`); ``started`` is the
+    ``time.perf_counter()`` at the start of the run (default: now), for ``wall_seconds``;
+    ``samples``: the log sample of every ``fit_set`` atom ``(fit_set.n_atoms,)``, when the log
+    holds more (a trainer's log of its whole training file; default: all samples, in order);
+    ``model_facts`` (e.g. ``model_sha256``, the fingerprint of the model's weights, which the
+    calculators check) are stored with the estimator.
     """
+    started = time.perf_counter() if started is None else started
+    check_in_domain(tests, in_domain)
+    n_samples = errors.n_samples if samples is None else len(samples)
+    if n_samples != fit_set.n_atoms:
+        raise LTAUInputError(
+            f"the error log has {n_samples} samples for the training structures' "
+            f"{fit_set.n_atoms} atoms"
+        )
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    candidates = burn_in_candidates(errors, n_bins=n_bins, progress=True, samples=samples)
+    epochs = errors.epochs_by_member
+    training = {
+        "n_fit_configs": len(fit_set.atoms),
+        "n_fit_atoms": fit_set.n_atoms,
+        "n_validation_configs": len(validation.atoms),
+        "n_validation_runs": int(np.unique(run_groups(validation, group_keys)).size),
+        "validation_group_keys": list(group_keys),
+        "epochs": min(epochs.values()),
+        "n_models_pooled": len(epochs),
+        **training,
+    }
     fit_eval = evaluate(fit_set, True)
     validation_eval = evaluate(validation, False)
     estimator, selection, atol = fit_ltau(
@@ -155,43 +199,7 @@ def evaluate_ltau(
             **(model_facts or {}),
         },
     )
-
-    results: dict[str, dict] = {}
-    figures: list[SetResults] = []
-    in_domain_ood = None
-    for name, structures in tests.items():
-        evaluation = evaluate(structures, True)
-        groups = structures.index.configuration_of_atoms
-        prediction = estimator.predict(
-            evaluation.descriptors, groups=groups, atol=atol, confidence=CONFIDENCE
-        )
-        observed = evaluation.force_errors
-        pit = None
-        if observed is not None:
-            pit = estimator.probability_integral_transform(
-                evaluation.descriptors, observed, groups=groups
-            )
-            raw_pit = estimator.probability_integral_transform(
-                evaluation.descriptors, observed, calibrated=False
-            )
-            results[name] = _labelled_metrics(prediction, observed, pit, raw_pit, atol)
-        else:
-            results[name] = {"n_atoms": int(prediction.ood_score.size)}
-        results[name]["mean_ood_score"] = float(prediction.ood_score.mean())
-        results[name]["mean_expected_error"] = float(prediction.expected_error.mean())
-        if name == in_domain:
-            in_domain_ood = prediction.ood_score
-        figures.append(
-            SetResults(name, prediction.expected_error, prediction.ood_score, observed, pit)
-        )
-    for name, values in results.items():
-        if name != in_domain:
-            shifted = next(s for s in figures if s.name == name).ood_score
-            values["auroc_ood_score_vs_in_domain"] = metrics.auroc(
-                np.concatenate([shifted, in_domain_ood]),
-                np.r_[np.ones(shifted.size), np.zeros(in_domain_ood.size)],
-            )
-
+    results, sets = _evaluate_tests(evaluate, estimator, tests, atol, in_domain)
     report = {
         "training": training,
         "chosen_on_validation": {
@@ -217,9 +225,73 @@ def evaluate_ltau(
         f"{len(validation.atoms)} validation structures; "
         f"atol = {atol:.3g} eV/Å."
     )
-    page = write_report(output_dir, title, summary, report, figures)
+    page = write_report(
+        output_dir,
+        title,
+        summary,
+        report,
+        sets,
+        in_domain=in_domain,
+        confidence=CONFIDENCE,
+        samples="atoms",
+    )
     logger.info(_summary_lines(report, page))
     return report
+
+
+def _evaluate_tests(
+    evaluate: Callable[[LabelledStructures, bool], Evaluation],
+    estimator: LTAUEstimator,
+    tests: dict[str, LabelledStructures],
+    atol: float,
+    in_domain: str,
+) -> tuple[dict[str, dict], list[SetResults]]:
+    """Per-set metrics (with the per-element breakdown of labelled sets and the OOD-score
+    AUROC of every other set against ``in_domain``) and the per-atom arrays of the report."""
+    results: dict[str, dict] = {}
+    sets: list[SetResults] = []
+    for name, structures in tests.items():
+        evaluation = evaluate(structures, True)
+        groups = structures.index.configuration_of_atoms
+        prediction = estimator.predict(
+            evaluation.descriptors, groups=groups, atol=atol, confidence=CONFIDENCE
+        )
+        observed = evaluation.force_errors
+        pit = None
+        if observed is not None:
+            pit = estimator.probability_integral_transform(
+                evaluation.descriptors, observed, groups=groups
+            )
+            raw_pit = estimator.probability_integral_transform(
+                evaluation.descriptors, observed, calibrated=False
+            )
+            results[name] = _labelled_metrics(prediction, observed, pit, raw_pit, atol)
+        else:
+            results[name] = {"n_atoms": int(prediction.ood_score.size)}
+        results[name]["mean_ood_score"] = float(prediction.ood_score.mean())
+        results[name]["mean_expected_error"] = float(prediction.expected_error.mean())
+        set_results = SetResults(
+            name,
+            prediction.expected_error,
+            prediction.ood_score,
+            observed,
+            pit,
+            prediction.interval_lower,
+            prediction.interval_upper,
+            structures.chemical_symbols,
+        )
+        if observed is not None:
+            results[name]["per_element"] = element_breakdown(set_results)
+        sets.append(set_results)
+    in_domain_ood = next(s.ood_score for s in sets if s.name == in_domain)
+    for set_results in sets:
+        if set_results.name != in_domain:
+            shifted = set_results.ood_score
+            results[set_results.name]["auroc_ood_score_vs_in_domain"] = metrics.auroc(
+                np.concatenate([shifted, in_domain_ood]),
+                np.r_[np.ones(shifted.size), np.zeros(in_domain_ood.size)],
+            )
+    return results, sets
 
 
 def fit_ltau(

@@ -89,6 +89,11 @@ class LabelledStructures:
         """Atomic number of every atom, in id order, ``(n_atoms,)``."""
         return np.concatenate([a.numbers for a in self.atoms])
 
+    @property
+    def chemical_symbols(self) -> np.ndarray:
+        """Element symbol of every atom, in id order, ``(n_atoms,)`` strings."""
+        return np.concatenate([a.get_chemical_symbols() for a in self.atoms])
+
     def forces_of(self, config: int) -> np.ndarray:
         if self.forces is None:
             raise LTAUInputError("these structures have no reference forces")

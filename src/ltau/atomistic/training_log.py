@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from ltau._io import file_sha256
-from ltau.atomistic.pipeline import Evaluation, evaluate_ltau
+from ltau.atomistic.pipeline import Evaluation, check_in_domain, run_pipeline
 from ltau.atomistic.structures import LabelledStructures, read_structures
 from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.recording import ErrorLog
-from ltau.selection import burn_in_candidates
 
 
 @dataclass
@@ -113,11 +112,9 @@ def evaluate_logged_training(
     ``train_path``, gives the distributions; ``evaluate(structures, progress)`` runs the model.
     Every choice and the calibration use the trainer's own validation set; then the ``tests``
     are evaluated and the estimator, report and ``metrics.json`` written into ``output_dir``
-    (see :func:`ltau.atomistic.pipeline.evaluate_ltau`)."""
+    (see :func:`ltau.atomistic.pipeline.run_pipeline`)."""
     started = time.perf_counter()
-    output_dir = Path(output_dir)
-    if in_domain not in tests:
-        raise LTAUInputError(f"in-domain test set {in_domain!r} is not among {sorted(tests)}")
+    check_in_domain(tests, in_domain)
     train = read_structures(train_path, energy_key=energy_key, forces_key=forces_key)
     with ErrorLog(log_path) as log:
         valid_file = _trainer_validation_file(log.provenance, energy_key, forces_key)
@@ -127,42 +124,34 @@ def evaluate_logged_training(
                 f"{log_path}: the trainer held out no validation set, on which ltau makes its "
                 "choices; train with a validation fraction or file"
             )
-        candidates = burn_in_candidates(log, progress=True, samples=logged.sample_ids)
-        epochs = log.epochs_by_member
-    members = logged.provenance.get("members", {})
-    epoch_seconds = [t for m in members.values() for t in m.get("epoch_seconds", [])]
-    logging_seconds = [t for m in members.values() for t in m.get("logging_seconds", [])]
-    total, logging_total = sum(epoch_seconds), sum(logging_seconds)
-    training = {
-        "trainer": logged.provenance.get("trainer"),
-        "train_file": str(train_path),
-        "n_fit_configs": len(logged.fit_set.atoms),
-        "n_fit_atoms": logged.fit_set.n_atoms,
-        "n_validation_configs": len(logged.validation.atoms),
-        "validation": "the trainer's own validation set",
-        "epochs": min(epochs.values()),
-        "n_models_pooled": len(epochs),
-        "epoch_seconds_mean": float(np.mean(epoch_seconds)) if epoch_seconds else None,
-        "logging_overhead": (
-            logging_total / (total - logging_total) if total > logging_total else None
-        ),
-        "burn_in_candidates": sorted(candidates),
-    }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return evaluate_ltau(
-        evaluate,
-        candidates,
-        logged.fit_set,
-        logged.validation,
-        tests,
-        output_dir,
-        in_domain=in_domain,
-        calibration=calibration,
-        training=training,
-        title=title,
-        started=started,
-        model_facts=model_facts,
-    )
+        members = logged.provenance.get("members", {})
+        epoch_seconds = [t for m in members.values() for t in m.get("epoch_seconds", [])]
+        logging_seconds = [t for m in members.values() for t in m.get("logging_seconds", [])]
+        total, logging_total = sum(epoch_seconds), sum(logging_seconds)
+        training = {
+            "trainer": logged.provenance.get("trainer"),
+            "train_file": str(train_path),
+            "validation": "the trainer's own validation set",
+            "epoch_seconds_mean": float(np.mean(epoch_seconds)) if epoch_seconds else None,
+            "logging_overhead": (
+                logging_total / (total - logging_total) if total > logging_total else None
+            ),
+        }
+        return run_pipeline(
+            evaluate,
+            log,
+            logged.fit_set,
+            logged.validation,
+            tests,
+            output_dir,
+            training=training,
+            in_domain=in_domain,
+            calibration=calibration,
+            title=title,
+            started=started,
+            samples=logged.sample_ids,
+            model_facts=model_facts,
+        )
 
 
 def _trainer_validation_file(

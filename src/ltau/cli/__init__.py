@@ -98,6 +98,7 @@ def configure_logging(verbosity: int) -> None:
         handler.ltau_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.setLevel(level)
+    logger.propagate = False  # a trainer's root handlers (mace's) would print it twice
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from ltau.cli._common import load_npy, write_csv
 from ltau.dynamics import DynamicsTable, groups_from_sizes, training_dynamics
 from ltau.exceptions import LTAUInputError
 from ltau.recording import ErrorLog
+from ltau.report import plot_training_dynamics
 
 logger = logging.getLogger(__name__)
 
@@ -102,19 +103,19 @@ def run(args: argparse.Namespace) -> None:
         write_csv(args.group_output, result.groups.columns())
         logger.info(f"wrote {args.group_output}: {len(result.groups)} groups")
     if args.figure is not None:
+        table: DynamicsTable = result.groups if result.groups is not None else result.samples
         try:
-            from ltau.report import plot_training_dynamics
+            plot_training_dynamics(
+                table,
+                args.figure,
+                atol=result.atol,
+                color_by=args.color_by,
+                unit=args.unit,
+                title=f"training dynamics per {'group' if result.groups is not None else 'sample'}",
+            )
         except ImportError as exc:
             raise LTAUInputError(
-                f"--figure needs matplotlib (any of the 'lightning', 'mace' or 'nequip' extras): {exc}"
+                f"--figure needs matplotlib (any of the 'lightning', 'mace' or 'nequip' extras): "
+                f"{exc}"
             ) from exc
-        table: DynamicsTable = result.groups if result.groups is not None else result.samples
-        plot_training_dynamics(
-            table,
-            args.figure,
-            atol=result.atol,
-            color_by=args.color_by,
-            unit=args.unit,
-            title=f"training dynamics per {'group' if result.groups is not None else 'sample'}",
-        )
         logger.info(f"wrote {args.figure}")

@@ -14,8 +14,8 @@ from ase.data import atomic_numbers
 
 from ltau.atomistic.pipeline import (
     VALIDATION_GROUP_KEYS,
-    evaluate_ltau,
-    run_groups,
+    check_in_domain,
+    run_pipeline,
     split_validation,
 )
 from ltau.atomistic.structures import (
@@ -28,7 +28,6 @@ from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
 from ltau.integrations.mace import MACESettings, TrainedMACE, evaluate_mace, train_mace
 from ltau.recording import ErrorRecorder
-from ltau.selection import burn_in_candidates
 
 
 @dataclass
@@ -59,66 +58,53 @@ def run_forcefield_pipeline(
     isolated_atom_energies: dict[int, float] | None = None,
     title: str = "LTAU-FF with MACE",
 ) -> dict:
-    """Run everything, write ``output_dir`` (report, metrics, model, estimator, log), return
-    the metrics dictionary."""
+    """Split off the validation set, train ltau's MACE on the rest with error logging, then
+    :func:`~ltau.atomistic.pipeline.run_pipeline`; write ``output_dir`` (report, metrics,
+    model, estimator, log) and return the metrics dictionary."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if config.in_domain not in tests:
-        raise LTAUInputError(
-            f"in-domain test set {config.in_domain!r} not among the test sets {sorted(tests)}"
-        )
+    check_in_domain(tests, config.in_domain)
+    if config.n_models < 1:
+        raise LTAUInputError(f"n_models must be at least 1; got {config.n_models}")
     started = time.perf_counter()
     fit_set, validation = split_validation(
         train, config.validation_fraction, config.seed, config.validation_group_keys
     )
-
-    if config.n_models < 1:
-        raise LTAUInputError(f"n_models must be at least 1; got {config.n_models}")
-    recorder = ErrorRecorder(fit_set.n_atoms, log_path=output_dir / "errors.h5", overwrite=True)
-    members = [
-        train_mace(
+    with ErrorRecorder(
+        fit_set.n_atoms, log_path=output_dir / "errors.h5", overwrite=True
+    ) as recorder:
+        members = [
+            train_mace(
+                fit_set,
+                epochs=config.epochs,
+                settings=replace(config.settings, seed=config.settings.seed + member),
+                isolated_atom_energies=isolated_atom_energies,
+                recorder=recorder,
+                member=member,
+            )
+            for member in range(config.n_models)
+        ]
+        trained = members[0]
+        trained.save(output_dir / "model.pt")
+        return run_pipeline(
+            lambda structures, progress: evaluate_mace(trained, structures, progress=progress),
+            recorder,
             fit_set,
-            epochs=config.epochs,
-            settings=replace(config.settings, seed=config.settings.seed + member),
-            isolated_atom_energies=isolated_atom_energies,
-            recorder=recorder,
-            member=member,
+            validation,
+            tests,
+            output_dir,
+            training={
+                "epoch_seconds_mean": float(np.mean(trained.epoch_seconds)),
+                "logging_overhead": trained.logging_overhead,
+                "settings": vars(config.settings),
+            },
+            in_domain=config.in_domain,
+            calibration=config.calibration,
+            title=title,
+            n_bins=config.n_bins,
+            group_keys=config.validation_group_keys,
+            started=started,
         )
-        for member in range(config.n_models)
-    ]
-    trained = members[0]
-    trained.save(output_dir / "model.pt")
-    candidates = burn_in_candidates(recorder, n_bins=config.n_bins, progress=True)
-    recorder.close()
-    training = {
-        "n_fit_configs": len(fit_set.atoms),
-        "n_fit_atoms": fit_set.n_atoms,
-        "n_validation_configs": len(validation.atoms),
-        "n_validation_runs": int(
-            np.unique(run_groups(validation, config.validation_group_keys)).size
-        ),
-        "validation_group_keys": list(config.validation_group_keys),
-        "epochs": config.epochs,
-        "n_models_pooled": config.n_models,
-        "epoch_seconds_mean": float(np.mean(trained.epoch_seconds)),
-        "logging_overhead": trained.logging_overhead,
-        "settings": vars(config.settings),
-    }
-    report = evaluate_ltau(
-        lambda structures, progress: evaluate_mace(trained, structures, progress=progress),
-        candidates,
-        fit_set,
-        validation,
-        tests,
-        output_dir,
-        in_domain=config.in_domain,
-        calibration=config.calibration,
-        group_keys=config.validation_group_keys,
-        training=training,
-        title=title,
-        started=started,
-    )
-    return report
 
 
 def load_trained(output_dir: Path) -> tuple[TrainedMACE, LTAUEstimator]:

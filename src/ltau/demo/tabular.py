@@ -14,16 +14,10 @@ is then evaluated on both test sets.
 
 from __future__ import annotations
 
-import html
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from sklearn.datasets import load_diabetes, make_friedman1
@@ -31,11 +25,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ltau import metrics
 from ltau._checks import positive_int
-from ltau._io import atomic_path
 from ltau.estimator import LTAUEstimator, LTAUPrediction
 from ltau.exceptions import LTAUInputError
 from ltau.integrations.torch import LayerOutput, SampleErrorLogger, train_with_error_logging
 from ltau.recording import ErrorRecorder
+from ltau.report import SetResults, write_report
 from ltau.selection import burn_in_candidates, choose_configuration
 
 logger = logging.getLogger(__name__)
@@ -206,7 +200,30 @@ def run_tabular_demo(
         np.concatenate([shifted_ood, in_domain_ood]),
         np.r_[np.ones(len(shifted_ood)), np.zeros(len(in_domain_ood))],
     )
-    write_report(output_dir, report, predictions, evaluated)
+    sets = [
+        SetResults(
+            name,
+            predictions[name].expected_error,
+            predictions[name].ood_score,
+            evaluated[name][1],
+            estimator.probability_integral_transform(*evaluated[name]),
+            predictions[name].interval_lower,
+            predictions[name].interval_upper,
+        )
+        for name in ("test", "shifted")
+    ]
+    shifted_table = {"auroc_ood_score_vs_in_domain": report["auroc_ood_score_shifted_vs_test"]}
+    write_report(
+        output_dir,
+        "LTAU on a plain regression task",
+        _report_summary(report),
+        report,
+        sets,
+        per_set={"test": report["test"], "shifted": report["shifted"] | shifted_table},
+        in_domain="test",
+        error_unit="target units",
+        confidence=CONFIDENCE,
+    )
     logger.info(summary_text(report, output_dir))
     return report
 
@@ -233,60 +250,15 @@ def split_metrics(prediction: LTAUPrediction, errors: np.ndarray, atol: float) -
     }
 
 
-def write_report(
-    output_dir: Path,
-    report: dict,
-    predictions: dict[str, LTAUPrediction],
-    evaluated: dict[str, tuple[np.ndarray, np.ndarray]],
-) -> None:
-    """metrics.json, two PNG figures and an HTML page that shows them."""
-    with atomic_path(output_dir / "metrics.json") as temporary:
-        temporary.write_text(json.dumps(report, indent=2))
-
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharex=True, sharey=True)
-    for axis, name in zip(axes, ("test", "shifted"), strict=True):
-        errors = evaluated[name][1]
-        axis.scatter(predictions[name].expected_error, errors, s=12, alpha=0.7)
-        limit = max(errors.max(), predictions[name].expected_error.max())
-        axis.plot([0, limit], [0, limit], "k--", lw=1)
-        axis.set_title(f"{name}: Spearman {report[name]['spearman_expected_vs_true_error']:.2f}")
-        axis.set_xlabel("LTAU expected |error|")
-    axes[0].set_ylabel("true |error|")
-    _save_figure(figure, output_dir / "predicted_vs_true.png")
-
-    figure, axis = plt.subplots(figsize=(5, 4))
-    for name in ("test", "shifted"):
-        axis.hist(predictions[name].ood_score, bins=20, alpha=0.6, label=name, density=True)
-    axis.set_xlabel("OOD score (mean distance to k neighbours)")
-    axis.set_ylabel("density")
-    axis.legend()
-    _save_figure(figure, output_dir / "ood_scores.png")
-
-    rows = "".join(
-        f"<tr><th>{html.escape(key)}</th><td>{report['test'].get(key)}</td>"
-        f"<td>{report['shifted'].get(key)}</td></tr>"
-        for key in report["test"]
+def _report_summary(report: dict) -> str:
+    """The report's opening paragraph: data, training and the choices made on validation."""
+    return (
+        f"{report['dataset']}. {report['n_train']} training samples, "
+        f"{report['n_epochs_recorded']} epochs recorded, k = {report['k_chosen_on_validation']}"
+        f", the first {report['skip_epochs_chosen_on_validation']} epochs left out and "
+        f"{report['distance_scale_chosen_on_validation']} distances (chosen on validation); "
+        f"calibrated on validation; atol = {report['atol']:.3g} ({report['atol_rule']})."
     )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>LTAU demo</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:auto}}td,th{{padding:2px 8px;text-align:left}}</style>
-</head><body><h1>LTAU on a plain regression task</h1>
-<p>{html.escape(report["dataset"])}. {report["n_train"]} training samples,
-{report["n_epochs_recorded"]} epochs recorded, k = {report["k_chosen_on_validation"]} and
-the first {report["skip_epochs_chosen_on_validation"]} epochs left out (chosen on validation);
-calibrated on validation; atol = {report["atol"]:.3g}. AUROC of the OOD score, shifted vs in-domain test:
-{report["auroc_ood_score_shifted_vs_test"]:.3f}.</p>
-<table><tr><th></th><th>in-domain test</th><th>shifted test</th></tr>{rows}</table>
-<img src="predicted_vs_true.png" alt="predicted versus true error">
-<img src="ood_scores.png" alt="OOD score distributions"></body></html>"""
-    with atomic_path(output_dir / "report.html") as temporary:
-        temporary.write_text(page)
-
-
-def _save_figure(figure: plt.Figure, path: Path) -> None:
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=110, format="png")
-    plt.close(figure)
 
 
 def summary_text(report: dict, output_dir: Path) -> str:
