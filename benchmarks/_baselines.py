@@ -21,9 +21,9 @@ import numpy as np
 from scipy.special import erf
 
 from ltau import metrics
-from ltau.calibration import ErrorScaleCalibrator, IsotonicCalibrator
-from ltau.distributions import Bins
+from ltau.calibration import make_calibrator
 from ltau.exceptions import LTAUInputError
+from ltau.histogram import Bins
 
 CONFIDENCE = 0.9
 
@@ -76,7 +76,7 @@ def calibrate_and_predict(
     method: str = "isotonic",
 ) -> CalibratedTest:
     """Fit the recalibration on validation, then apply it to the test distributions."""
-    calibrator = {"isotonic": IsotonicCalibrator, "scale": ErrorScaleCalibrator}[method]()
+    calibrator = make_calibrator(method)
     calibrator.fit(validation_mass, bins, validation_errors)
     lower, upper = calibrator.central_interval(test_mass, bins, CONFIDENCE)
     mass, rebinned = calibrator.rebinned(test_mass, bins)
@@ -91,17 +91,17 @@ def calibrate_and_predict(
     )
 
 
-def metrics_of(test: CalibratedTest, errors: np.ndarray, atol: float) -> dict[str, float]:
-    """Spearman, AUROC (error > atol), miscalibration area, 90% coverage, NLL, CRPS, AUSE."""
-    exceeds = errors > atol
-    return {
-        "spearman": metrics.spearman(test.expected_error, errors),
-        "auroc_error_flag": (
-            metrics.auroc(test.exceedance, exceeds) if exceeds.any() and not exceeds.all() else None
-        ),
-        "miscalibration_area": metrics.miscalibration_area(test.pit),
-        "coverage90": metrics.interval_coverage(errors, test.lower, test.upper),
-        "nll": metrics.nll_histogram(test.mass, test.bins, errors),
-        "crps": metrics.crps_histogram(test.mass, test.bins, errors),
-        "ause": metrics.ause(test.expected_error, errors),
-    }
+def metrics_of(test: CalibratedTest, errors: np.ndarray, atol: float) -> dict[str, float | None]:
+    """:func:`ltau.metrics.uq_metrics` of one method's calibrated test predictions."""
+    return metrics.uq_metrics(
+        errors,
+        test.expected_error,
+        lower=test.lower,
+        upper=test.upper,
+        confidence=CONFIDENCE,
+        pit=test.pit,
+        exceedance=test.exceedance,
+        atol=atol,
+        mass=test.mass,
+        bins=test.bins,
+    )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from _common import headline_metrics
 
+from ltau.calibration import CALIBRATION_METHODS
 from ltau.demo.forcefield import PipelineConfig, run_files
 from ltau.integrations.mace import MACESettings
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="acac dataset folder")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--calibration", choices=("isotonic", "scale"), default="isotonic")
+    parser.add_argument("--calibration", choices=tuple(CALIBRATION_METHODS), default="isotonic")
     parser.add_argument(
         "--output-dir", type=Path, default=Path(__file__).parent / "results" / "acac_mace"
     )

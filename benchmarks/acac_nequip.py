@@ -28,6 +28,7 @@ from _common import headline_metrics
 
 from ltau.atomistic.pipeline import run_pipeline, split_validation
 from ltau.atomistic.structures import read_structures
+from ltau.calibration import CALIBRATION_METHODS
 from ltau.integrations.nequip import NequIPSettings, evaluate_nequip, train_nequip
 from ltau.recording import ErrorLog
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="acac dataset folder")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--calibration", choices=("isotonic", "scale"), default="isotonic")
+    parser.add_argument("--calibration", choices=tuple(CALIBRATION_METHODS), default="isotonic")
     parser.add_argument(
         "--overhead-epochs", type=int, default=3, help="epochs of each side-by-side timing run"
     )

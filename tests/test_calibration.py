@@ -11,8 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ltau import metrics
-from ltau.calibration import ErrorScaleCalibrator, IsotonicCalibrator, calibrator_from_dict
-from ltau.distributions import (
+from ltau.calibration import (
+    CALIBRATION_METHODS,
+    ErrorScaleCalibrator,
+    IsotonicCalibrator,
+    calibrator_from_dict,
+    make_calibrator,
+)
+from ltau.exceptions import LTAUInputError, NotFittedError
+from ltau.histogram import (
     Bins,
     cdf_at,
     central_interval,
@@ -20,7 +27,6 @@ from ltau.distributions import (
     expected_value,
     quantiles,
 )
-from ltau.exceptions import LTAUInputError
 
 BINS = Bins.log(0.01, 20.0, 40)
 TRUE_SCALE = 2.5
@@ -473,3 +479,15 @@ def test_fitting_is_deterministic_and_warning_free(scaled_data):
         first = IsotonicCalibrator().fit(validation[:500], BINS, observed[:500]).to_dict()
         second = IsotonicCalibrator().fit(validation[:500], BINS, observed[:500]).to_dict()
     assert first == second
+
+
+def test_calibration_methods_by_name():
+    assert list(CALIBRATION_METHODS) == ["isotonic", "scale"]
+    assert isinstance(make_calibrator("isotonic"), IsotonicCalibrator)
+    scale = make_calibrator("scale")
+    assert isinstance(scale, ErrorScaleCalibrator) and not scale.is_fitted
+    for bad in ("Isotonic", "quantile", None):
+        with pytest.raises(LTAUInputError, match="unknown calibration method"):
+            make_calibrator(bad)
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        scale.scale  # noqa: B018

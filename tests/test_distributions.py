@@ -25,13 +25,10 @@ from ltau._io import _sha256
 from ltau.distributions import (
     HistogramAccumulator,
     bins_for_errors,
-    central_interval,
-    exceedance_probability,
-    expected_value,
     load_distributions,
-    quantiles,
     save_distributions,
 )
+from ltau.histogram import central_interval, exceedance_probability, expected_value, quantiles
 
 # --------------------------------------------------------------------------- strategies
 

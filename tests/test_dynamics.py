@@ -109,8 +109,16 @@ def test_group_aggregation_is_per_epoch_rms(log_path):
     np.testing.assert_allclose(mean_groups.mean_error, np.nanmean(direct, axis=0), rtol=1e-10)
 
 
+def test_zero_tolerance_counts_every_positive_error(log_path):
+    """atol follows the library's one rule (finite, >= 0): 0 counts every positive error."""
+    samples = training_dynamics(log_path, 0.0).samples
+    recorded = samples.n_epochs > 0
+    np.testing.assert_array_equal(samples.exceed_fraction[recorded], 1.0)
+    np.testing.assert_array_equal(samples.forgetting_events, 0)
+
+
 def test_bad_inputs(log_path, tmp_path):
-    for atol in (0.0, -1.0, np.nan, "x"):
+    for atol in (-1.0, np.nan, "x", [0.5]):
         with pytest.raises(LTAUInputError, match="atol"):
             training_dynamics(log_path, atol)
     with pytest.raises(LTAUInputError, match="skip_epochs"):

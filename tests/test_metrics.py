@@ -8,15 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ltau import metrics
-from ltau.distributions import (
+from ltau.exceptions import LTAUInputError
+from ltau.histogram import (
     Bins,
     cdf_at,
+    central_interval,
     density_at,
     exceedance_probability,
     expected_value,
     quantiles,
 )
-from ltau.exceptions import LTAUInputError
 
 LOG_BINS = Bins.log(0.01, 10.0, 12)
 
@@ -353,3 +354,66 @@ def test_precision_at_recall_counts_the_flagged_samples():
         metrics.precision_at_recall(scores, labels, 0.0)
     with pytest.raises(LTAUInputError, match="equal length"):
         metrics.precision_at_recall(scores, labels[:3], 0.8)
+
+
+def test_uq_metrics_bundle_matches_the_single_metrics_in_a_fixed_order():
+    rng = np.random.default_rng(12)
+    n = 200
+    mass = random_mass(rng, n, LOG_BINS.n_bins)
+    observed = rng.uniform(0.0, 3.0, n)
+    expected = expected_value(mass, LOG_BINS)
+    pit = metrics.probability_integral_transform(mass, LOG_BINS, observed)
+    lower, upper = central_interval(mass, LOG_BINS, 0.9)
+    exceedance = exceedance_probability(mass, LOG_BINS, 1.0)
+    bundle = metrics.uq_metrics(
+        observed,
+        expected,
+        lower=lower,
+        upper=upper,
+        confidence=0.9,
+        pit=pit,
+        exceedance=exceedance,
+        atol=1.0,
+        mass=mass,
+        bins=LOG_BINS,
+    )
+    assert list(bundle) == list(metrics.METRIC_INFO)
+    exceeds = observed > 1.0
+    assert bundle == {
+        "n": n,
+        "spearman": metrics.spearman(expected, observed),
+        "auroc_error_flag": metrics.auroc(exceedance, exceeds),
+        "fraction_above_atol": float(exceeds.mean()),
+        "ause": metrics.ause(expected, observed),
+        "miscalibration_area": metrics.miscalibration_area(pit),
+        "ence": metrics.expected_normalized_calibration_error(expected, observed),
+        "coverage90": metrics.interval_coverage(observed, lower, upper),
+        "nll": metrics.nll_histogram(mass, LOG_BINS, observed),
+        "crps": metrics.crps_histogram(mass, LOG_BINS, observed),
+    }
+    assert all(len(info) == 3 for info in metrics.METRIC_INFO.values())
+
+
+def test_uq_metrics_optional_parts_and_bad_input():
+    observed = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    expected = observed + 0.05
+    assert list(metrics.uq_metrics(observed, expected)) == ["n", "spearman", "ause", "ence"]
+    # No error above atol: the AUROC is undefined.
+    flagged = metrics.uq_metrics(observed, expected, exceedance=expected, atol=5.0)
+    assert flagged["auroc_error_flag"] is None and flagged["fraction_above_atol"] == 0.0
+    interval = metrics.uq_metrics(
+        observed, expected, lower=observed * 0, upper=observed, confidence=0.95
+    )
+    assert interval["coverage95"] == 1.0 and metrics.coverage_key(0.5) == "coverage50"
+    cases = [
+        (lambda: metrics.uq_metrics(observed, expected, lower=observed), "lower with upper"),
+        (lambda: metrics.uq_metrics(observed, expected, mass=np.ones((10, 1))), "mass with bins"),
+        (lambda: metrics.uq_metrics(observed, expected, exceedance=expected), "need the atol"),
+        (lambda: metrics.uq_metrics(observed, expected, atol=-1.0), "atol must be finite"),
+        (lambda: metrics.uq_metrics(-observed, expected), "non-negative error magnitudes"),
+        (lambda: metrics.uq_metrics(observed, expected[:5]), "equal length"),
+        (lambda: metrics.coverage_key(1.0), r"confidence must be a number in \(0, 1\)"),
+    ]
+    for call, message in cases:
+        with pytest.raises(LTAUInputError, match=message):
+            call()

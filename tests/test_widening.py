@@ -11,9 +11,9 @@ import pytest
 from ltau import Bins, ErrorDistributions, LTAUEstimator, LTAUFileError, LTAUInputError
 from ltau._io import sign_attributes
 from ltau.calibration import DistanceWidening
-from ltau.distributions import cdf_at
-from ltau.distributions import quantiles as mixture_quantiles
 from ltau.estimator import _ESTIMATOR_ATTRIBUTES_V1
+from ltau.histogram import cdf_at
+from ltau.histogram import quantiles as mixture_quantiles
 from ltau.metrics import interval_coverage, miscalibration_area
 
 

@@ -6,9 +6,10 @@ space. See ``ErrorRecorder``, ``ErrorDistributions`` and ``LTAUEstimator``.
 """
 
 from ltau._version import __version__
-from ltau.distributions import Bins, ErrorDistributions
+from ltau.distributions import ErrorDistributions
 from ltau.estimator import LTAUEstimator, LTAUPrediction
-from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.exceptions import LTAUFileError, LTAUInputError, NotFittedError
+from ltau.histogram import Bins
 from ltau.recording import ErrorLog, ErrorRecorder
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "LTAUFileError",
     "LTAUInputError",
     "LTAUPrediction",
+    "NotFittedError",
     "__version__",
 ]

@@ -1,8 +1,16 @@
-"""Shared argument checks that turn bad input into errors naming the problem."""
+"""Shared argument checks that turn bad input into errors naming the problem.
+
+Every check returns the validated value (converted to the type the caller computes with) or
+raises :class:`~ltau.exceptions.LTAUInputError` with a message that names the argument. The
+checks of probability mass on bins live beside :class:`~ltau.histogram.Bins`
+(:func:`ltau.histogram.checked_mass`), which this module does not import.
+"""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -72,18 +80,81 @@ def as_probabilities(values: float | Iterable[float], name: str) -> np.ndarray:
     return array
 
 
+def integer(value: object, name: str, minimum: int = 0, requirement: str | None = None) -> int:
+    """``value`` as an int ``>= minimum`` (Python or NumPy integers; bools are refused).
+
+    The error says ``"<name> must be <requirement>"``; by default "a positive integer" for
+    ``minimum=1``, "a non-negative integer" for 0, else "an integer >= minimum".
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        if requirement is None:
+            requirement = {0: "a non-negative integer", 1: "a positive integer"}.get(
+                minimum, f"an integer >= {minimum}"
+            )
+        raise LTAUInputError(f"{name} must be {requirement}; got {value!r}")
+    return int(value)
+
+
 def positive_int(value: object, name: str) -> int:
     """Return ``value`` as a positive int or raise."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise LTAUInputError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
+    return integer(value, name, 1)
 
 
 def non_negative_int(value: object, name: str) -> int:
     """Return ``value`` as an int >= 0 or raise."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise LTAUInputError(f"{name} must be a non-negative integer; got {value!r}")
-    return int(value)
+    return integer(value, name, 0)
+
+
+def is_real(value: object) -> bool:
+    """True for a real number (Python or NumPy int or float), False for bools and the rest."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def non_negative_number(
+    value: object, name: str, requirement: str = "a non-negative number"
+) -> float:
+    """``value`` as a finite float >= 0 (bools, strings, NaN and infinities are refused);
+    the error says ``"<name> must be <requirement>"``."""
+    return _real(value, name, False, requirement)
+
+
+def positive_number(value: object, name: str, requirement: str = "a positive number") -> float:
+    """``value`` as a finite float > 0 (bools, strings, NaN and infinities are refused);
+    the error says ``"<name> must be <requirement>"``, e.g. ``"a positive number (eV/Å)"``."""
+    return _real(value, name, True, requirement)
+
+
+def _real(value: object, name: str, positive: bool, requirement: str) -> float:
+    number = float(value) if is_real(value) else np.nan  # type: ignore[arg-type]
+    if not np.isfinite(number) or number < 0 or (positive and number == 0):
+        raise LTAUInputError(f"{name} must be {requirement}; got {value!r}")
+    return number
+
+
+def tolerances(atol: object) -> np.ndarray:
+    """Error tolerances ``atol`` as float64: a 0-d array for a number, ``(m,)`` for a sequence.
+
+    The rule used everywhere a tolerance is taken (``P(error > atol)``, exceedance flags,
+    forgetting events): finite and ``>= 0``, in the error's unit. 0 is allowed: errors are
+    magnitudes, so ``P(error > 0)`` and "any error counts" are well defined.
+    """
+    try:
+        values = np.asarray(atol, dtype=np.float64)
+    except (TypeError, ValueError):
+        values = np.array([np.nan])
+    if values.ndim > 1 or not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise LTAUInputError(
+            f"atol must be finite, non-negative numbers (error tolerances); got {atol!r}"
+        )
+    return values
+
+
+def tolerance(atol: object) -> float:
+    """One error tolerance (see :func:`tolerances`) as a float."""
+    values = tolerances(atol)
+    if values.ndim != 0:
+        raise LTAUInputError(f"atol must be one number here; got {atol!r}")
+    return float(values)
 
 
 def group_labels(groups: object, n: int, what: str = "sample") -> np.ndarray:
@@ -96,3 +167,79 @@ def group_labels(groups: object, n: int, what: str = "sample") -> np.ndarray:
     if not np.issubdtype(array.dtype, np.integer):
         raise LTAUInputError(f"groups must be integer labels; got dtype {array.dtype}")
     return array.astype(np.int64, copy=False)
+
+
+def paired_vectors(*arrays: Any, names: tuple[str, ...]) -> list[np.ndarray]:
+    """``arrays`` as 1-D float64 arrays, each non-empty and finite, all of one length."""
+    values = [np.asarray(array, dtype=np.float64) for array in arrays]
+    for value, name in zip(values, names, strict=True):
+        if value.ndim != 1:
+            raise LTAUInputError(f"{name} must be 1-D; got shape {value.shape}")
+        if value.size == 0:
+            raise LTAUInputError(f"{name} is empty")
+        if not np.all(np.isfinite(value)):
+            raise LTAUInputError(f"{name} contains NaN or infinity")
+    if len({value.size for value in values}) != 1:
+        sizes = ", ".join(f"{n}={v.size}" for n, v in zip(names, values, strict=True))
+        raise LTAUInputError(f"arrays must have equal length; got {sizes}")
+    return values
+
+
+def checked_errors(values: Any, name: str, n: int | None = None) -> np.ndarray:
+    """``values`` as a non-empty 1-D float64 array of finite errors >= 0, one per row of a mass
+    array of ``n`` rows if ``n`` is given."""
+    (array,) = paired_vectors(values, names=(name,))
+    if n is not None and array.size != n:
+        raise LTAUInputError(f"{name} has {array.size} entries but mass has {n} rows")
+    if np.any(array < 0):
+        first = int(np.flatnonzero(array < 0)[0])
+        raise LTAUInputError(
+            f"{name} must be non-negative error magnitudes; entry {first} is {array[first]}"
+        )
+    return array
+
+
+def checked_pit(pit_values: Any) -> np.ndarray:
+    """PIT values as a non-empty, finite 1-D float64 array in [0, 1]."""
+    (pit,) = paired_vectors(pit_values, names=("pit_values",))
+    if np.any((pit < 0) | (pit > 1)):
+        raise LTAUInputError("pit_values must lie in [0, 1]")
+    return pit
+
+
+def checked_levels(levels: Any) -> np.ndarray:
+    """Calibration levels (expected proportions) as a strictly increasing 1-D array in [0, 1]."""
+    (array,) = paired_vectors(levels, names=("levels",))
+    if np.any((array < 0) | (array > 1)):
+        raise LTAUInputError(f"levels must lie in [0, 1]; got {array.tolist()}")
+    if array.size > 1 and not np.all(np.diff(array) > 0):
+        raise LTAUInputError("levels must be strictly increasing")
+    return array
+
+
+def non_negative_vector(values: Any, name: str, n: int) -> np.ndarray:
+    """``values`` as float64 of shape ``(n,)``, finite and >= 0."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.shape != (n,):
+        raise LTAUInputError(f"{name} must have shape ({n},); got {array.shape}")
+    if not np.all(np.isfinite(array)) or np.any(array < 0):
+        raise LTAUInputError(f"{name} must be finite and non-negative")
+    return array
+
+
+def number_pair(values: Any, name: str) -> tuple[float, float]:
+    """Bounds ``(low, high)`` with ``0 < low < high``, both finite."""
+    try:
+        low, high = (float(value) for value in values)
+    except (TypeError, ValueError) as exc:
+        raise LTAUInputError(f"{name} must be two numbers (low, high); got {values!r}") from exc
+    if not (np.isfinite(low) and np.isfinite(high) and 0 < low < high):
+        raise LTAUInputError(f"{name} need 0 < low < high; got ({low}, {high})")
+    return low, high
+
+
+def boolean(value: object, name: str) -> bool:
+    """``value`` if it is a bool, else an error (no truthiness: ``"no"`` is not False)."""
+    if not isinstance(value, bool):
+        raise LTAUInputError(f"{name} must be True or False; got {value!r}")
+    return value

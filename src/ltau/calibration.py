@@ -20,7 +20,7 @@ Interface shared by both (``mass``/``bins`` always the *uncalibrated* distributi
   ``pit(mass, bins, observed)``, ``exceedance(mass, bins, atol)``,
   ``quantiles(mass, bins, levels)``, ``central_interval(mass, bins, confidence)``,
   ``expected_error(mass, bins)``, with the shapes of the functions in
-  :mod:`ltau.distributions`;
+  :mod:`ltau.histogram`;
 * ``rebinned(mass, bins) -> (mass, bins)``: the calibrated distribution in the library's
   histogram form (exact probability of each bin of the scaled bins ``bins.edges * s``), e.g.
   for ``pdf = mass / bins.widths``;
@@ -50,23 +50,33 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ltau._checks import as_probabilities, positive_int
-from ltau.distributions import (
+from ltau._checks import (
+    as_probabilities,
+    boolean,
+    checked_errors,
+    checked_levels,
+    integer,
+    non_negative_number,
+    non_negative_vector,
+    number_pair,
+    positive_number,
+    tolerances,
+)
+from ltau.exceptions import LTAUInputError, NotFittedError
+from ltau.histogram import (
     Bins,
     cdf_at,
+    checked_bins,
+    checked_mass,
+    edge_cdf,
     exceedance_probability,
     expected_value,
+    interpolate_cdf,
+    interval_levels,
+    row_chunks,
 )
-from ltau.distributions import quantiles as raw_quantiles
-from ltau.exceptions import LTAUInputError
-from ltau.metrics import (
-    DEFAULT_LEVELS,
-    _area_between,
-    _checked_levels,
-    _observed_proportions,
-    checked_errors,
-    checked_mass,
-)
+from ltau.histogram import quantiles as raw_quantiles
+from ltau.metrics import DEFAULT_LEVELS, area_between, levels_or_default, observed_proportions
 
 FORMAT_VERSION = 1
 DEFAULT_SCALE_BOUNDS = (1e-3, 1e3)
@@ -74,35 +84,6 @@ _COARSE_POINTS = 241
 _REFINE_POINTS = 41
 _REFINEMENTS = 3
 _ROWS_PER_BLOCK = 8192
-
-
-def _checked_bounds(bounds: Any) -> tuple[float, float]:
-    try:
-        low, high = (float(value) for value in bounds)
-    except (TypeError, ValueError) as exc:
-        raise LTAUInputError(
-            f"scale bounds must be two numbers (low, high); got {bounds!r}"
-        ) from exc
-    if not (np.isfinite(low) and np.isfinite(high) and 0 < low < high):
-        raise LTAUInputError(f"scale bounds need 0 < low < high; got ({low}, {high})")
-    return low, high
-
-
-def _checked_scale(scale: Any) -> float:
-    try:
-        value = float(scale)
-    except (TypeError, ValueError) as exc:
-        raise LTAUInputError(f"scale must be a positive number; got {scale!r}") from exc
-    if not (np.isfinite(value) and value > 0):
-        raise LTAUInputError(f"scale must be a positive finite number; got {scale!r}")
-    return value
-
-
-def _checked_atol(atol: float | np.ndarray) -> np.ndarray:
-    values = np.asarray(atol, dtype=np.float64)
-    if values.ndim > 1 or not np.all(np.isfinite(values)) or np.any(values < 0):
-        raise LTAUInputError(f"atol must be finite, non-negative numbers; got {atol!r}")
-    return values
 
 
 def _checked_fit_data(
@@ -113,24 +94,14 @@ def _checked_fit_data(
     return mass, observed
 
 
-def _edge_cdf(mass: np.ndarray) -> np.ndarray:
-    """CDF at every bin edge, ``(n, n_bins + 1)``, from exactly 0 to exactly 1."""
-    cdf = np.concatenate([np.zeros((mass.shape[0], 1)), np.cumsum(mass, axis=1)], axis=1)
-    cdf /= cdf[:, -1:]
-    return cdf
+def _optional_levels(levels: Any) -> np.ndarray | None:
+    """The calibrators' ``levels`` setting checked: ``None`` (the default levels) or an array."""
+    return None if levels is None else checked_levels(levels)
 
 
-def _cdf_from_edges(cdf: np.ndarray, bins: Bins, values: np.ndarray) -> np.ndarray:
-    """Row ``i``'s piecewise-linear CDF (given at the edges) at ``values[i]``."""
-    edges = bins.edges
-    index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, bins.n_bins - 1)
-    rows = np.arange(cdf.shape[0])
-    left, right = cdf[rows, index], cdf[rows, index + 1]
-    fraction = np.clip((values - edges[index]) / bins.widths[index], 0.0, 1.0)
-    result = left + fraction * (right - left)
-    result[values < edges[0]] = 0.0
-    result[values >= edges[-1]] = 1.0
-    return result
+def _area(pit: np.ndarray, levels: np.ndarray) -> float:
+    """Miscalibration area of valid PIT values on checked levels (no input checks)."""
+    return area_between(levels, observed_proportions(pit, levels))
 
 
 class _Calibrator:
@@ -147,7 +118,7 @@ class _Calibrator:
 
     def _require_fitted(self) -> None:
         if not self.is_fitted:
-            raise LTAUInputError(
+            raise NotFittedError(
                 f"this {type(self).__name__} is not fitted yet; call fit() or from_dict()"
             )
 
@@ -174,7 +145,7 @@ class _Calibrator:
     def raw_tolerance(self, atol: float | np.ndarray) -> np.ndarray:
         """``atol / s``: the tolerance at which to evaluate the *raw* exceedance."""
         self._require_fitted()
-        return _checked_atol(atol) / self.scale_
+        return tolerances(atol) / self.scale_
 
     def exceedance_from_raw(self, raw_exceedance: np.ndarray) -> np.ndarray:
         """Calibrated ``P(error > atol)`` from the raw exceedance at ``raw_tolerance(atol)``:
@@ -192,8 +163,7 @@ class _Calibrator:
     def calibrated_bins(self, bins: Bins) -> Bins:
         """The bins scaled by ``s`` (same spacing): the support of the calibrated distribution."""
         self._require_fitted()
-        if not isinstance(bins, Bins):
-            raise LTAUInputError(f"bins must be a Bins instance; got {type(bins).__name__}")
+        bins = checked_bins(bins)
         return Bins(bins.edges * self.scale_, bins.spacing)
 
     def cdf(self, mass: np.ndarray, bins: Bins, values: float | np.ndarray) -> np.ndarray:
@@ -229,8 +199,7 @@ class _Calibrator:
         self, mass: np.ndarray, bins: Bins, confidence: float
     ) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated central ``confidence`` interval ``(lower, upper)``, each ``(n,)``."""
-        confidence = float(as_probabilities(confidence, "confidence")[0])
-        bounds = self.quantiles(mass, bins, np.array([(1 - confidence) / 2, (1 + confidence) / 2]))
+        bounds = self.quantiles(mass, bins, interval_levels(confidence))
         return bounds[:, 0], bounds[:, 1]
 
     def rebinned(self, mass: np.ndarray, bins: Bins) -> tuple[np.ndarray, Bins]:
@@ -243,7 +212,7 @@ class _Calibrator:
         """
         self._require_fitted()
         mass = checked_mass(mass, bins)
-        levels = self.level_map(_edge_cdf(mass))
+        levels = self.level_map(edge_cdf(mass))
         return np.diff(levels, axis=1), self.calibrated_bins(bins)
 
     # ----------------------------------------------------------------- fitting
@@ -251,12 +220,11 @@ class _Calibrator:
         self, mass: np.ndarray, bins: Bins, observed: np.ndarray, bounds: tuple[float, float]
     ) -> tuple[float, float, float]:
         """``(s, area at s = 1, area at s)``: the scale minimising the miscalibration area."""
-        levels = _checked_levels(getattr(self, "levels", None))
-        cdf = _edge_cdf(mass)
+        levels = levels_or_default(getattr(self, "levels", None))
+        cdf = edge_cdf(mass)
 
         def area(log_scale: float) -> float:
-            pit = _cdf_from_edges(cdf, bins, observed / np.exp(log_scale))
-            return _area_between(levels, _observed_proportions(pit, levels))
+            return _area(interpolate_cdf(cdf, bins, observed / np.exp(log_scale)), levels)
 
         low, high = np.log(bounds[0]), np.log(bounds[1])
         grid = np.linspace(low, high, _COARSE_POINTS)
@@ -318,8 +286,8 @@ class ErrorScaleCalibrator(_Calibrator):
 
     def fit(self, mass: np.ndarray, bins: Bins, observed: np.ndarray) -> ErrorScaleCalibrator:
         """Fit ``s`` on validation ``mass`` ``(n, n_bins)`` and ``observed`` errors ``(n,)``."""
-        bounds = _checked_bounds(self.bounds)
-        _checked_levels(self.levels)
+        bounds = number_pair(self.bounds, "scale bounds")
+        _optional_levels(self.levels)
         mass, observed = _checked_fit_data(mass, bins, observed)
         scale, before, after = self._fit_scale(mass, bins, observed, bounds)
         self.scale_ = scale
@@ -341,7 +309,7 @@ class ErrorScaleCalibrator(_Calibrator):
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable state: kind, version, settings, scale and fit diagnostics."""
         self._require_fitted()
-        low, high = _checked_bounds(self.bounds)
+        low, high = number_pair(self.bounds, "scale bounds")
         levels = None if self.levels is None else [float(v) for v in np.asarray(self.levels)]
         return {
             "kind": self.kind,
@@ -360,10 +328,9 @@ class ErrorScaleCalibrator(_Calibrator):
         _check_header(data, cls.kind)
         try:
             calibrator = cls(bounds=tuple(data["bounds"]), levels=data.get("levels"))
-            _checked_bounds(calibrator.bounds)
-            if calibrator.levels is not None:
-                calibrator.levels = _checked_levels(np.asarray(calibrator.levels, dtype=float))
-            calibrator.scale_ = _checked_scale(data["scale"])
+            number_pair(calibrator.bounds, "scale bounds")
+            calibrator.levels = _optional_levels(calibrator.levels)
+            calibrator.scale_ = positive_number(data["scale"], "scale")
             calibrator.miscalibration_area_before_ = float(data["miscalibration_area_before"])
             calibrator.miscalibration_area_after_ = float(data["miscalibration_area_after"])
             calibrator.n_fit_ = int(data["n_fit"])
@@ -423,16 +390,13 @@ class IsotonicCalibrator(_Calibrator):
 
     def fit(self, mass: np.ndarray, bins: Bins, observed: np.ndarray) -> IsotonicCalibrator:
         """Fit ``s`` (optionally) and ``g`` on validation ``mass`` and ``observed`` errors."""
-        if not isinstance(self.fit_scale, bool):
-            raise LTAUInputError(f"fit_scale must be True or False; got {self.fit_scale!r}")
-        bounds = _checked_bounds(self.scale_bounds)
-        levels = _checked_levels(self.levels)
-        max_knots = positive_int(self.max_knots, "max_knots")
-        if max_knots < 3:
-            raise LTAUInputError(f"max_knots must be at least 3; got {max_knots}")
+        boolean(self.fit_scale, "fit_scale")
+        bounds = number_pair(self.scale_bounds, "scale bounds")
+        levels = levels_or_default(self.levels)
+        max_knots = integer(self.max_knots, "max_knots", 3, "at least 3")
         mass, observed = _checked_fit_data(mass, bins, observed)
         raw_pit = cdf_at(mass, bins, observed)
-        before = _area_between(levels, _observed_proportions(raw_pit, levels))
+        before = _area(raw_pit, levels)
         if self.fit_scale:
             scale = self._fit_scale(mass, bins, observed, bounds)[0]
         else:
@@ -444,9 +408,7 @@ class IsotonicCalibrator(_Calibrator):
         self.frequency_knots_ = frequencies
         calibrated = self.level_map(pit)
         self.miscalibration_area_before_ = before
-        self.miscalibration_area_after_ = _area_between(
-            levels, _observed_proportions(calibrated, levels)
-        )
+        self.miscalibration_area_after_ = _area(calibrated, levels)
         self.n_fit_ = int(observed.size)
         return self
 
@@ -483,9 +445,8 @@ class IsotonicCalibrator(_Calibrator):
         self._require_fitted()
         mass = checked_mass(mass, bins)
         result = np.empty(mass.shape[0])
-        for start in range(0, mass.shape[0], _ROWS_PER_BLOCK):
-            rows = slice(start, start + _ROWS_PER_BLOCK)
-            mean_level = self._mean_levels(_edge_cdf(mass[rows]))
+        for rows in row_chunks(mass.shape[0], _ROWS_PER_BLOCK):
+            mean_level = self._mean_levels(edge_cdf(mass[rows]))
             result[rows] = bins.edges[-1] - mean_level @ bins.widths
         return self.scale_ * result
 
@@ -524,7 +485,7 @@ class IsotonicCalibrator(_Calibrator):
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable state: kind, version, settings, scale, knots and diagnostics."""
         self._require_fitted()
-        low, high = _checked_bounds(self.scale_bounds)
+        low, high = number_pair(self.scale_bounds, "scale bounds")
         levels = None if self.levels is None else [float(v) for v in np.asarray(self.levels)]
         return {
             "kind": self.kind,
@@ -552,10 +513,9 @@ class IsotonicCalibrator(_Calibrator):
                 levels=data.get("levels"),
                 max_knots=int(data["max_knots"]),
             )
-            _checked_bounds(calibrator.scale_bounds)
-            if calibrator.levels is not None:
-                calibrator.levels = _checked_levels(np.asarray(calibrator.levels, dtype=float))
-            scale = _checked_scale(data["scale"])
+            number_pair(calibrator.scale_bounds, "scale bounds")
+            calibrator.levels = _optional_levels(calibrator.levels)
+            scale = positive_number(data["scale"], "scale")
             knots = np.asarray(data["level_knots"], dtype=np.float64)
             frequencies = np.asarray(data["frequency_knots"], dtype=np.float64)
             before = float(data["miscalibration_area_before"])
@@ -639,13 +599,9 @@ class DistanceWidening:
 
     def __post_init__(self) -> None:
         for name in ("exponent", "group_exponent"):
-            value = getattr(self, name)
-            if not (_is_number(value) and 0 <= value < np.inf):
-                raise LTAUInputError(f"{name} must be a finite number >= 0; got {value!r}")
+            non_negative_number(getattr(self, name), name)
         for name in ("reference", "group_reference"):
-            value = getattr(self, name)
-            if not (_is_number(value) and 0 < value < np.inf):
-                raise LTAUInputError(f"{name} must be a finite number > 0; got {value!r}")
+            positive_number(getattr(self, name), name)
 
     @classmethod
     def fit(
@@ -707,17 +663,9 @@ class DistanceWidening:
 _MIN_SCORE = 1e-12
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.floating | np.integer) and not isinstance(value, bool)
-
-
 def _positive_values(values: Any, name: str, n: int) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64)
-    if array.shape != (n,):
-        raise LTAUInputError(f"{name} must have shape ({n},); got {array.shape}")
-    if not np.all(np.isfinite(array)) or np.any(array < 0):
-        raise LTAUInputError(f"{name} must be finite and non-negative")
-    return np.maximum(array, _MIN_SCORE)
+    """``(n,)`` finite values >= 0, raised to at least ``_MIN_SCORE`` (so that logs exist)."""
+    return np.maximum(non_negative_vector(values, name, n), _MIN_SCORE)
 
 
 def _nonnegative_least_squares(target: np.ndarray, features: dict[str, np.ndarray]) -> dict:
@@ -764,11 +712,31 @@ def calibrator_from_dict(data: dict[str, Any]) -> ErrorScaleCalibrator | Isotoni
     return _KINDS[kind].from_dict(data)
 
 
+CALIBRATION_METHODS: dict[str, type[IsotonicCalibrator] | type[ErrorScaleCalibrator]] = {
+    "isotonic": IsotonicCalibrator,
+    "scale": ErrorScaleCalibrator,
+}
+"""The calibration methods by the name users pick them with (``--calibration``, ``method=``):
+``"isotonic"`` (scale, then an isotonic map of CDF levels) and ``"scale"`` (one factor)."""
+
+
+def make_calibrator(method: str) -> ErrorScaleCalibrator | IsotonicCalibrator:
+    """An unfitted calibrator of the named method (a key of :data:`CALIBRATION_METHODS`)."""
+    if not isinstance(method, str) or method not in CALIBRATION_METHODS:
+        raise LTAUInputError(
+            f"unknown calibration method {method!r}; use one of "
+            f"{', '.join(repr(name) for name in CALIBRATION_METHODS)}"
+        )
+    return CALIBRATION_METHODS[method]()
+
+
 __all__ = [
+    "CALIBRATION_METHODS",
     "DEFAULT_LEVELS",
     "Calibrator",
     "DistanceWidening",
     "ErrorScaleCalibrator",
     "IsotonicCalibrator",
     "calibrator_from_dict",
+    "make_calibrator",
 ]

@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from ltau._checks import group_labels, non_negative_int, positive_int
+from ltau._checks import group_labels, non_negative_int, positive_int, tolerance
 from ltau.exceptions import LTAUInputError
 from ltau.recording import ErrorLog
 
@@ -100,11 +100,11 @@ def training_dynamics(
 ) -> TrainingDynamics:
     """Compute the training-dynamics map of a recorded error log in one pass over its epochs.
 
-    ``atol``: tolerance (error units, > 0) for exceedance and forgetting. ``skip_epochs``: leave
+    ``atol``: tolerance (error units, >= 0) for exceedance and forgetting. ``skip_epochs``: leave
     out each model's first epochs. ``members``: models to use (default: all in the log).
     ``groups``: group id (>= 0) of every sample, ``(n_samples,)``.
     """
-    atol = _check_atol(atol)
+    atol = tolerance(atol)
     skip_epochs = non_negative_int(skip_epochs, "skip_epochs")
     if group_reduce not in ("rms", "mean"):
         raise LTAUInputError(f"group_reduce must be 'rms' or 'mean'; got {group_reduce!r}")
@@ -218,16 +218,6 @@ class _Accumulator:
             last_error=last,
             n_epochs=self.count,
         )
-
-
-def _check_atol(atol: object) -> float:
-    try:
-        value = float(atol)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise LTAUInputError(f"atol must be a positive number; got {atol!r}") from exc
-    if not np.isfinite(value) or value <= 0:
-        raise LTAUInputError(f"atol must be a positive, finite tolerance; got {atol!r}")
-    return value
 
 
 def _check_groups(

@@ -25,16 +25,26 @@ distributions.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ltau._checks import as_float_matrix, as_probabilities, group_labels, positive_int
+from ltau._checks import (
+    as_float_matrix,
+    as_probabilities,
+    boolean,
+    checked_errors,
+    group_labels,
+    positive_int,
+    tolerance,
+    tolerances,
+)
 from ltau._io import (
     atomic_h5,
     open_checked,
@@ -44,22 +54,16 @@ from ltau._io import (
     sign_attributes,
     write_array,
 )
-from ltau.calibration import (
-    DistanceWidening,
-    ErrorScaleCalibrator,
-    IsotonicCalibrator,
-    calibrator_from_dict,
-)
+from ltau.calibration import DistanceWidening, calibrator_from_dict, make_calibrator
 from ltau.distributions import (
-    Bins,
     ErrorDistributions,
-    cdf_at,
     read_distributions_group,
     write_distributions_group,
 )
-from ltau.distributions import quantiles as mixture_quantiles
-from ltau.exceptions import LTAUFileError, LTAUInputError
-from ltau.metrics import checked_errors, probability_integral_transform
+from ltau.exceptions import LTAUFileError, LTAUInputError, NotFittedError
+from ltau.histogram import Bins, cdf_at, interval_levels, row_chunks
+from ltau.histogram import quantiles as mixture_quantiles
+from ltau.metrics import probability_integral_transform, uq_metrics
 from ltau.search import NeighborIndex
 
 ESTIMATOR_FORMAT = "ltau-estimator"
@@ -92,6 +96,28 @@ _PER_QUERY_FIELDS = (
     "interval_upper",
     "pdf",
 )
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """Per-group aggregates of a prediction, e.g. one row per structure of a force field.
+
+    Every array has ``n_groups`` rows, one per distinct group id in ascending order.
+    ``group_ids``: ``(n_groups,)`` the ids; ``n_samples``: ``(n_groups,)`` queries (atoms) per
+    group; ``max_expected_error`` / ``mean_expected_error``: ``(n_groups,)`` in the error unit
+    (eV/Å for force errors); ``max_exceedance``: ``(n_groups, len(atol))`` the largest
+    ``P(error > atol)`` in the group, None if the prediction has no ``atol``;
+    ``max_ood_score`` / ``mean_ood_score``: ``(n_groups,)`` in descriptor units.
+    """
+
+    group_ids: np.ndarray
+    n_samples: np.ndarray
+    max_expected_error: np.ndarray
+    mean_expected_error: np.ndarray
+    max_exceedance: np.ndarray | None
+    max_ood_score: np.ndarray
+    mean_ood_score: np.ndarray
+    atol: tuple[float, ...] = ()
 
 
 @dataclass
@@ -141,6 +167,65 @@ class LTAUPrediction:
             calibrated=first.calibrated,
         )
 
+    def per_group(self, groups: np.ndarray) -> GroupSummary:
+        """Aggregates per group of queries, e.g. per structure: ``groups`` is an integer label
+        per query, ``(n,)`` (``structures.index.configuration_of_atoms`` for atoms)."""
+        labels = group_labels(groups, self.expected_error.shape[0], "query")
+        group_ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        order = np.argsort(inverse, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+
+        def group_max(values: np.ndarray) -> np.ndarray:
+            return np.maximum.reduceat(values[order], starts, axis=0)
+
+        def group_mean(values: np.ndarray) -> np.ndarray:
+            return np.bincount(inverse, weights=values, minlength=group_ids.size) / counts
+
+        return GroupSummary(
+            group_ids=group_ids,
+            n_samples=counts,
+            max_expected_error=group_max(self.expected_error),
+            mean_expected_error=group_mean(self.expected_error),
+            max_exceedance=None if self.exceedance is None else group_max(self.exceedance),
+            max_ood_score=group_max(self.ood_score),
+            mean_ood_score=group_mean(self.ood_score),
+            atol=self.atol,
+        )
+
+    def uq_metrics(
+        self,
+        observed: np.ndarray,
+        *,
+        pit: np.ndarray | None = None,
+        atol: float | None = None,
+    ) -> dict[str, float | int | None]:
+        """:func:`ltau.metrics.uq_metrics` of this prediction against the true errors
+        ``observed`` ``(n,)``, from what it holds: the expected error and, if predicted, the
+        interval, the exceedance and the PDF. ``atol``: which predicted tolerance to score
+        (default the first); ``pit`` ``(n,)`` adds the miscalibration area (see
+        :meth:`LTAUEstimator.probability_integral_transform`)."""
+        exceedance = None
+        if atol is not None or self.atol:
+            atol = self.atol[0] if atol is None else tolerance(atol)
+            if self.exceedance is None or atol not in self.atol:
+                raise LTAUInputError(
+                    f"atol={atol!r} is not among the predicted tolerances {self.atol}"
+                )
+            exceedance = self.exceedance[:, self.atol.index(atol)]
+        has_pdf = self.pdf is not None and self.bins is not None
+        return uq_metrics(
+            observed,
+            self.expected_error,
+            lower=self.interval_lower,
+            upper=self.interval_upper,
+            confidence=0.9 if self.confidence is None else self.confidence,
+            pit=pit,
+            exceedance=exceedance,
+            atol=atol,
+            mass=self.pdf * self.bins.widths if has_pdf else None,
+            bins=self.bins if has_pdf else None,
+        )
+
     def columns(self) -> dict[str, np.ndarray]:
         """Per-query scalar results as named 1-D columns (for CSV or a structured array)."""
         table = {"expected_error": self.expected_error, "ood_score": self.ood_score}
@@ -174,6 +259,15 @@ class LTAUEstimator:
         Parameters of that backend, e.g. ``{"ef_search": 128}`` or ``{"nlist": 1024, "nprobe": 32}``.
     batch_size:
         Queries processed at once (bounds memory for quantiles and PDFs).
+
+    Notes
+    -----
+    As a scikit-learn estimator: the constructor only stores its arguments (checked by
+    :meth:`fit`), :meth:`get_params` / :meth:`set_params` follow its signature (so
+    ``sklearn.base.clone`` works), everything :meth:`fit` or :meth:`load` sets ends in ``_``
+    (``index_``, ``distributions_``, ``local_scale_``, ``sample_expected_error_``,
+    ``calibrator_`` and ``widening_`` after :meth:`calibrate`, ``metadata_``), and using the
+    estimator before that raises :class:`~ltau.exceptions.NotFittedError`.
     """
 
     def __init__(
@@ -190,7 +284,7 @@ class LTAUEstimator:
         self.weights = weights
         self.distance_scale = distance_scale
         self.index = index
-        self.index_params = dict(index_params or {})
+        self.index_params = index_params
         self.batch_size = batch_size
 
     # ------------------------------------------------------------------ fitting
@@ -208,7 +302,7 @@ class LTAUEstimator:
             raise LTAUInputError(
                 f"n_neighbors={self.n_neighbors} exceeds the {data.shape[0]} training samples"
             )
-        neighbor_index = NeighborIndex(self.index, self.index_params).build(data)
+        neighbor_index = NeighborIndex(self.index, dict(self.index_params or {})).build(data)
         local_scale = None
         if self.distance_scale == "local":
             local_scale = _local_scales(neighbor_index, data, self.n_neighbors, self.batch_size)
@@ -224,7 +318,12 @@ class LTAUEstimator:
             raise LTAUInputError(
                 f"distance_scale must be 'absolute' or 'local'; got {self.distance_scale!r}"
             )
-        NeighborIndex(self.index, self.index_params)  # validates the kind and its parameters
+        if self.index_params is not None and not isinstance(self.index_params, dict):
+            raise LTAUInputError(
+                f"index_params must be a dict or None; got {type(self.index_params).__name__}"
+            )
+        # Validates the kind and its parameters.
+        NeighborIndex(self.index, dict(self.index_params or {}))
 
     def _set_fitted(
         self,
@@ -236,29 +335,36 @@ class LTAUEstimator:
         self.distributions_ = distributions
         self.local_scale_ = local_scale
         self.sample_expected_error_ = distributions.expected_error()
-        self._exceedance_cache: dict[float, np.ndarray] = {}
+        # Per-training-sample P(error > atol), filled per tolerance on first use.
+        self._exceedance_cache_: dict[float, np.ndarray] = {}
         self.calibrator_ = None
         self.widening_: DistanceWidening | None = None
+        self.metadata_: dict[str, Any] = {}
 
     @property
     def n_features_in_(self) -> int:
         """Descriptor size the estimator was fitted on."""
-        return self._fitted_index().dim
+        return self._fitted_index("n_features_in_").dim
 
     @property
     def bins(self) -> Bins:
-        self._fitted_index()
+        """The bins of the training distributions (and of uncalibrated predictions)."""
+        self._fitted_index("bins")
         return self.distributions_.bins
 
-    def _fitted_index(self) -> NeighborIndex:
+    def _fitted_index(self, method: str) -> NeighborIndex:
+        """The neighbour index, or a :class:`NotFittedError` naming ``method``."""
         if not hasattr(self, "index_"):
-            raise LTAUInputError("this LTAUEstimator is not fitted yet; call fit() or load()")
+            raise NotFittedError(
+                f"LTAUEstimator.{method} needs a fitted estimator: this LTAUEstimator is not "
+                "fitted yet; call fit() or load() first"
+            )
         return self.index_
 
     # --------------------------------------------------------------- prediction
     def kneighbors(self, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(distances, indices)`` of the k nearest training samples, each ``(n, k)``."""
-        return self._fitted_index().search(descriptors, self.n_neighbors)
+        return self._fitted_index("kneighbors").search(descriptors, self.n_neighbors)
 
     def scaled_distances(self, distances: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """Neighbour ``distances`` ``(n, k)`` as used for weights and OOD scores: unchanged, or
@@ -305,7 +411,7 @@ class LTAUEstimator:
         mixture density (on the training bins, scaled by the calibration if any);
         ``calibrated``: apply the map fitted by :meth:`calibrate` (if one was fitted).
         """
-        neighbor_index = self._fitted_index()
+        neighbor_index = self._fitted_index("predict")
         data = as_float_matrix(descriptors, "query descriptors")
         if data.shape[1] != neighbor_index.dim:
             raise LTAUInputError(
@@ -368,7 +474,7 @@ class LTAUEstimator:
         ``distances`` (Euclidean, inf where missing) and ``indices`` (-1 where missing) have
         shape ``(n, k)``, as returned by :meth:`kneighbors`; ``groups`` as in :meth:`predict`.
         """
-        self._fitted_index()
+        self._fitted_index("predict_from_neighbors")
         atol_values, levels, confidence = self._check_prediction_options(
             atol, quantiles, confidence, return_pdf
         )
@@ -465,9 +571,7 @@ class LTAUEstimator:
             if factors is not None:
                 prediction.quantiles *= factors[:, None]
         if confidence is not None:
-            bounds = self._quantiles(
-                mixture, np.array([(1 - confidence) / 2, (1 + confidence) / 2]), calibrator
-            )
+            bounds = self._quantiles(mixture, interval_levels(confidence), calibrator)
             prediction.interval_lower = widened(bounds[:, 0])
             prediction.interval_upper = widened(bounds[:, 1])
         if return_pdf:
@@ -520,23 +624,18 @@ class LTAUEstimator:
         Afterwards ``predict`` returns calibrated statistics unless ``calibrated=False``; the
         maps are saved with the estimator.
         """
-        calibrators = {"scale": ErrorScaleCalibrator, "isotonic": IsotonicCalibrator}
-        if method not in calibrators:
-            raise LTAUInputError(
-                f"unknown calibration method {method!r}; use 'scale' or 'isotonic'"
-            )
-        if not isinstance(widen, bool):
-            raise LTAUInputError(f"widen must be True or False; got {widen!r}")
+        self._fitted_index("calibrate")
+        calibrator = make_calibrator(method)
+        boolean(widen, "widen")
         raw = self.predict(descriptors, groups=groups, return_pdf=True, calibrated=False)
         mass = raw.pdf * self.bins.widths
         errors = _observed_errors(errors, mass.shape[0])
         widening = None
         if widen:
-            group_ids = _group_ids(groups, mass.shape[0])
-            group_scores = None if group_ids is None else _group_means(raw.ood_score, group_ids)
+            group_scores = _group_scores(groups, raw.ood_score)
             widening = DistanceWidening.fit(raw.ood_score, group_scores, raw.expected_error, errors)
             errors = errors / widening.factors(raw.ood_score, group_scores)
-        self.calibrator_ = calibrators[method]().fit(mass, self.bins, errors)
+        self.calibrator_ = calibrator.fit(mass, self.bins, errors)
         self.widening_ = widening
         return self
 
@@ -550,6 +649,7 @@ class LTAUEstimator:
     ) -> np.ndarray:
         """``CDF_i(error_i)`` of each query's predicted distribution, ``(n,)``; uniform on
         [0, 1] for calibrated predictions. ``groups`` as in :meth:`predict`."""
+        self._fitted_index("probability_integral_transform")
         raw = self.predict(descriptors, groups=groups, return_pdf=True, calibrated=False)
         mass = raw.pdf * self.bins.widths
         calibrator = self.calibrator_ if calibrated else None
@@ -557,8 +657,7 @@ class LTAUEstimator:
             return probability_integral_transform(mass, self.bins, errors)
         errors = _observed_errors(errors, mass.shape[0])
         if self.widening_ is not None:
-            group_ids = _group_ids(groups, mass.shape[0])
-            group_scores = None if group_ids is None else _group_means(raw.ood_score, group_ids)
+            group_scores = _group_scores(groups, raw.ood_score)
             errors = errors / self.widening_.factors(raw.ood_score, group_scores)
         return calibrator.pit(mass, self.bins, errors)
 
@@ -570,12 +669,11 @@ class LTAUEstimator:
         return_pdf: bool,
     ) -> tuple[np.ndarray, np.ndarray, float | None]:
         """Validated ``(atol values, quantile levels, confidence)``."""
-        atol_values = _tolerances(atol)
+        atol_values = np.empty(0) if atol is None else np.atleast_1d(tolerances(atol))
         levels = as_probabilities(quantiles, "quantiles") if quantiles is not None else np.empty(0)
         if confidence is not None:
             confidence = float(as_probabilities(confidence, "confidence")[0])
-        if not isinstance(return_pdf, bool):
-            raise LTAUInputError(f"return_pdf must be True or False; got {return_pdf!r}")
+        boolean(return_pdf, "return_pdf")
         return atol_values, levels, confidence
 
     def _mixture(self, weights: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -583,8 +681,7 @@ class LTAUEstimator:
         n_queries, k = indices.shape
         block = max(1, _MIXTURE_FLOATS // (k * self.bins.n_bins))
         mixture = np.empty((n_queries, self.bins.n_bins))
-        for start in range(0, n_queries, block):
-            rows = slice(start, start + block)
+        for rows in row_chunks(n_queries, block):
             masses = self.distributions_.mass(indices[rows].ravel()).reshape(
                 -1, k, self.bins.n_bins
             )
@@ -593,19 +690,24 @@ class LTAUEstimator:
 
     def _sample_exceedance(self, atol: float) -> np.ndarray:
         """Per-training-sample ``P(error > atol)``, computed once per tolerance."""
-        if atol not in self._exceedance_cache:
-            self._exceedance_cache[atol] = self.distributions_.exceedance(atol)
-        return self._exceedance_cache[atol]
+        if atol not in self._exceedance_cache_:
+            self._exceedance_cache_[atol] = self.distributions_.exceedance(atol)
+        return self._exceedance_cache_[atol]
 
     # -------------------------------------------------------------- persistence
-    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
         """Write everything needed to predict to one HDF5 file, atomically.
 
-        ``metadata``: JSON-serialisable facts to keep with the estimator (units, model, data).
+        ``metadata``: a JSON-serialisable dict of facts to keep with the estimator (units,
+        model, data; default ``{}``). Once written it is also :attr:`metadata_`, as
+        :meth:`load` will read it back.
         """
-        neighbor_index = self._fitted_index()
+        neighbor_index = self._fitted_index("save")
+        metadata = {} if metadata is None else metadata
+        if not isinstance(metadata, dict):
+            raise LTAUInputError(f"metadata must be a dict; got {type(metadata).__name__}")
         try:
-            metadata_json = json.dumps(metadata or {})
+            metadata_json = json.dumps(metadata)
         except TypeError as exc:
             raise LTAUInputError(f"metadata must be JSON-serialisable: {exc}") from exc
         with atomic_h5(path, ESTIMATOR_FORMAT) as handle:
@@ -624,6 +726,7 @@ class LTAUEstimator:
             write_array(handle.create_group("index"), "faiss", neighbor_index.serialize())
             if self.local_scale_ is not None:
                 write_array(handle["index"], "local_scale", self.local_scale_)
+        self.metadata_ = json.loads(metadata_json)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LTAUEstimator:
@@ -653,6 +756,8 @@ class LTAUEstimator:
         try:
             settings = json.loads(attributes["settings"])
             metadata = json.loads(attributes["metadata"])
+            if not isinstance(metadata, dict):
+                raise LTAUInputError("the stored metadata is not a JSON object")
             params = json.loads(attributes["index_params"])
             estimator = cls(**settings)
             estimator._validate_settings()
@@ -690,16 +795,46 @@ class LTAUEstimator:
             raise LTAUFileError(f"{path}: the stored calibration is invalid: {exc}") from exc
         return estimator
 
-    def get_params(self) -> dict:
-        """Constructor parameters (as in scikit-learn)."""
-        return {
-            "n_neighbors": self.n_neighbors,
-            "weights": self.weights,
-            "distance_scale": self.distance_scale,
-            "index": self.index,
-            "index_params": self.index_params,
-            "batch_size": self.batch_size,
-        }
+    # ------------------------------------------------------- scikit-learn contract
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        """The constructor's parameter names, in signature order."""
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return [
+            p.name
+            for p in parameters
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Every constructor argument by name, as scikit-learn's ``BaseEstimator``.
+
+        No parameter is itself an estimator, so ``deep`` changes nothing.
+        """
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> LTAUEstimator:
+        """Set constructor arguments by name (checked by :meth:`fit`); returns ``self``.
+
+        Unknown names raise :class:`LTAUInputError`. The fitted state (index, distributions,
+        calibration) depends on every parameter but ``batch_size``: changing any other one
+        of a fitted estimator discards that state, so it must be fitted again.
+        """
+        names = self._param_names()
+        unknown = sorted(set(params) - set(names))
+        if unknown:
+            raise LTAUInputError(
+                f"unknown parameters {unknown} for LTAUEstimator; it takes {names}"
+            )
+        changed = {name for name, value in params.items() if getattr(self, name) != value}
+        for name, value in params.items():
+            setattr(self, name, value)
+        if changed - {"batch_size"}:
+            for name in [name for name in vars(self) if name.endswith("_")]:
+                delattr(self, name)
+        elif "batch_size" in changed:
+            positive_int(self.batch_size, "batch_size")
+        return self
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{name}={value!r}" for name, value in self.get_params().items())
@@ -751,16 +886,13 @@ def _group_ids(groups: np.ndarray | None, n: int) -> np.ndarray | None:
     return None if groups is None else group_labels(groups, n, "query")
 
 
+def _group_scores(groups: np.ndarray | None, ood_scores: np.ndarray) -> np.ndarray | None:
+    """Each query's group OOD score (the mean over its group) for labels ``groups``, or None."""
+    group_ids = _group_ids(groups, ood_scores.shape[0])
+    return None if group_ids is None else _group_means(ood_scores, group_ids)
+
+
 def _group_means(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Each query's group mean of ``values``, ``(n,)``."""
     _, inverse = np.unique(labels, return_inverse=True)
     return (np.bincount(inverse, values) / np.bincount(inverse))[inverse]
-
-
-def _tolerances(atol: float | Sequence[float] | None) -> np.ndarray:
-    if atol is None:
-        return np.empty(0)
-    values = np.atleast_1d(np.asarray(atol, dtype=np.float64))
-    if values.ndim != 1 or not np.all(np.isfinite(values)) or np.any(values < 0):
-        raise LTAUInputError(f"atol must be finite, non-negative numbers; got {atol!r}")
-    return values

@@ -1,4 +1,4 @@
-"""Exceptions raised by ltau. Both derive from ``ValueError`` so generic handlers still work."""
+"""Exceptions raised by ltau. All derive from ``ValueError`` so generic handlers still work."""
 
 
 class LTAUInputError(ValueError):
@@ -7,3 +7,11 @@ class LTAUInputError(ValueError):
 
 class LTAUFileError(ValueError):
     """A file is missing, truncated, corrupted, of another format, or of an unsupported version."""
+
+
+class NotFittedError(LTAUInputError, AttributeError):
+    """An estimator or calibrator was used before ``fit`` (or ``load`` / ``from_dict``).
+
+    Also an ``AttributeError``, as scikit-learn's ``NotFittedError`` is, so ``hasattr`` on a
+    fitted-only property of an unfitted object is False.
+    """

@@ -3,8 +3,8 @@
 Errors are non-negative magnitudes ``|error|``. Ranking and scalar metrics take 1-D arrays of
 equal length; metrics of full predicted distributions take probability *mass* of shape
 ``(n, n_bins)`` (rows summing to one; ``LTAUPrediction.pdf * bins.widths``) with its
-:class:`~ltau.distributions.Bins`, under the library's single model: uniform density inside
-each bin, piecewise-linear CDF. Each returns a float or a small dict of arrays and raises
+:class:`~ltau.histogram.Bins`, under the library's single model (:mod:`ltau.histogram`):
+uniform density inside each bin, piecewise-linear CDF. Each returns a float or a small dict of arrays and raises
 :class:`~ltau.exceptions.LTAUInputError` on empty, non-finite or mismatched input.
 
 Ranking: :func:`spearman`, :func:`auroc`, :func:`precision_at_recall`,
@@ -12,37 +12,41 @@ Ranking: :func:`spearman`, :func:`auroc`, :func:`precision_at_recall`,
 Calibration: :func:`probability_integral_transform`, :func:`calibration_curve`,
 :func:`miscalibration_area`, :func:`interval_coverage`, :func:`binned_error_calibration`,
 :func:`expected_normalized_calibration_error`. Proper scores: :func:`nll_histogram`,
-:func:`crps_histogram`.
+:func:`crps_histogram`. All of them at once, in a fixed order: :func:`uq_metrics`, described
+by :data:`METRIC_INFO`.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from scipy import stats
 
-from ltau._checks import positive_int
-from ltau.distributions import Bins, _row_chunks, cdf_at, density_at
+from ltau._checks import (
+    checked_errors,
+    checked_levels,
+    checked_pit,
+    is_real,
+    paired_vectors,
+    positive_int,
+    tolerance,
+)
 from ltau.exceptions import LTAUInputError
-
-
-def _paired(*arrays: np.ndarray, names: tuple[str, ...]) -> list[np.ndarray]:
-    values = [np.asarray(array, dtype=np.float64) for array in arrays]
-    for value, name in zip(values, names, strict=True):
-        if value.ndim != 1:
-            raise LTAUInputError(f"{name} must be 1-D; got shape {value.shape}")
-        if value.size == 0:
-            raise LTAUInputError(f"{name} is empty")
-        if not np.all(np.isfinite(value)):
-            raise LTAUInputError(f"{name} contains NaN or infinity")
-    if len({value.size for value in values}) != 1:
-        sizes = ", ".join(f"{n}={v.size}" for n, v in zip(names, values, strict=True))
-        raise LTAUInputError(f"arrays must have equal length; got {sizes}")
-    return values
+from ltau.histogram import (
+    Bins,
+    cdf_at,
+    checked_bins,
+    checked_mass,
+    density_at,
+    edge_cdf,
+    row_chunks,
+)
 
 
 def spearman(predicted: np.ndarray, observed: np.ndarray) -> float:
     """Spearman rank correlation of predicted uncertainty and observed error."""
-    predicted, observed = _paired(predicted, observed, names=("predicted", "observed"))
+    predicted, observed = paired_vectors(predicted, observed, names=("predicted", "observed"))
     return float(stats.spearmanr(predicted, observed).statistic)
 
 
@@ -51,7 +55,7 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
     Equals the Mann-Whitney U statistic over ``n_pos * n_neg`` (ties count one half).
     """
-    scores, labels = _paired(scores, labels, names=("scores", "labels"))
+    scores, labels = paired_vectors(scores, labels, names=("scores", "labels"))
     positive = labels.astype(bool)
     if positive.all() or not positive.any():
         raise LTAUInputError("AUROC needs both positive and negative labels")
@@ -65,7 +69,7 @@ def precision_at_recall(scores: np.ndarray, labels: np.ndarray, recall: float) -
 
     Samples tied at the threshold are all flagged.
     """
-    scores, labels = _paired(scores, labels, names=("scores", "labels"))
+    scores, labels = paired_vectors(scores, labels, names=("scores", "labels"))
     positive = labels.astype(bool)
     if not positive.any():
         raise LTAUInputError("precision at recall needs at least one positive label")
@@ -79,13 +83,15 @@ def precision_at_recall(scores: np.ndarray, labels: np.ndarray, recall: float) -
 
 def interval_coverage(observed: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
     """Fraction of observations inside ``[lower, upper]``."""
-    observed, lower, upper = _paired(observed, lower, upper, names=("observed", "lower", "upper"))
+    observed, lower, upper = paired_vectors(
+        observed, lower, upper, names=("observed", "lower", "upper")
+    )
     return float(np.mean((observed >= lower) & (observed <= upper)))
 
 
 def rmse(errors: np.ndarray) -> float:
     """Root-mean-square of signed or absolute errors."""
-    (errors,) = _paired(errors, names=("errors",))
+    (errors,) = paired_vectors(errors, names=("errors",))
     return float(np.sqrt(np.mean(errors**2)))
 
 
@@ -100,69 +106,11 @@ the 99 levels 0.01, 0.02, ..., 0.99 (as in uncertainty-toolbox)."""
 DEFAULT_DENSITY_FLOOR = 1e-12
 """Smallest density (1 / error unit) used by :func:`nll_histogram`."""
 
-_MASS_TOLERANCE = 1e-6
 
-
-def checked_mass(mass: np.ndarray, bins: Bins, name: str = "mass") -> np.ndarray:
-    """``mass`` as float64 ``(n, n_bins)`` with ``n >= 1``, finite, >= 0, rows summing to 1.
-
-    Rows may deviate from 1 by at most 1e-6 (rounding in mixtures); raises LTAUInputError.
-    """
-    if not isinstance(bins, Bins):
-        raise LTAUInputError(f"bins must be a Bins instance; got {type(bins).__name__}")
-    try:
-        array = np.asarray(mass, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise LTAUInputError(f"{name} must be a numeric array: {exc}") from exc
-    if array.ndim != 2 or array.shape[1] != bins.n_bins:
-        raise LTAUInputError(
-            f"{name} must have shape (n, {bins.n_bins}) to match the bins; got {array.shape}"
-        )
-    if array.shape[0] == 0:
-        raise LTAUInputError(f"{name} is empty")
-    if not np.all(np.isfinite(array)):
-        raise LTAUInputError(f"{name} contains NaN or infinity")
-    if np.any(array < 0):
-        raise LTAUInputError(f"{name} must be non-negative probability masses")
-    totals = array.sum(axis=1)
-    bad = np.flatnonzero(np.abs(totals - 1.0) > _MASS_TOLERANCE)
-    if bad.size:
-        raise LTAUInputError(
-            f"each row of {name} must sum to 1 (probability mass, not density; multiply a PDF "
-            f"by bins.widths); row {int(bad[0])} sums to {totals[bad[0]]:.6g}"
-        )
-    return array
-
-
-def checked_errors(values: np.ndarray, name: str, n: int | None = None) -> np.ndarray:
-    """``values`` as a non-empty 1-D float64 array of finite errors >= 0 (of length ``n``)."""
-    (array,) = _paired(values, names=(name,))
-    if n is not None and array.size != n:
-        raise LTAUInputError(f"{name} has {array.size} entries but mass has {n} rows")
-    if np.any(array < 0):
-        first = int(np.flatnonzero(array < 0)[0])
-        raise LTAUInputError(
-            f"{name} must be non-negative error magnitudes; entry {first} is {array[first]}"
-        )
-    return array
-
-
-def _checked_pit(pit_values: np.ndarray) -> np.ndarray:
-    (pit,) = _paired(pit_values, names=("pit_values",))
-    if np.any((pit < 0) | (pit > 1)):
-        raise LTAUInputError("pit_values must lie in [0, 1]")
-    return pit
-
-
-def _checked_levels(levels: np.ndarray | None) -> np.ndarray:
-    if levels is None:
-        return DEFAULT_LEVELS
-    (array,) = _paired(levels, names=("levels",))
-    if np.any((array < 0) | (array > 1)):
-        raise LTAUInputError(f"levels must lie in [0, 1]; got {array.tolist()}")
-    if array.size > 1 and not np.all(np.diff(array) > 0):
-        raise LTAUInputError("levels must be strictly increasing")
-    return array
+def levels_or_default(levels: np.ndarray | None) -> np.ndarray:
+    """Checked expected proportions (strictly increasing, in [0, 1]), :data:`DEFAULT_LEVELS`
+    for ``None``."""
+    return DEFAULT_LEVELS if levels is None else checked_levels(levels)
 
 
 def probability_integral_transform(
@@ -178,16 +126,20 @@ def probability_integral_transform(
     return cdf_at(mass, bins, observed)
 
 
-def _observed_proportions(pit: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """Fraction of ``pit`` values ``<= level`` for each of the sorted ``levels`` (unchecked)."""
+def observed_proportions(pit: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Fraction of ``pit`` values ``<= level`` for each of the sorted ``levels``, shape
+    ``(len(levels),)``: the observed proportions of :func:`calibration_curve`, without its
+    input checks (for inner loops over valid PIT values)."""
     # Number of levels strictly below each PIT value: u <= levels[k]  <=>  k >= that number.
     first_level = np.searchsorted(levels, pit, side="left")
     counts = np.cumsum(np.bincount(first_level, minlength=levels.size + 1))[: levels.size]
     return counts / pit.size
 
 
-def _area_between(expected: np.ndarray, observed: np.ndarray) -> float:
-    """Exact area between two curves linear between common abscissas ``expected``."""
+def area_between(expected: np.ndarray, observed: np.ndarray) -> float:
+    """Exact area between two curves linear between common abscissas ``expected`` (sorted,
+    ``(m,)``) with ordinates ``expected`` and ``observed``: :func:`miscalibration_area`
+    without its input checks."""
     if expected.size < 2:
         return 0.0
     difference = observed - expected
@@ -211,9 +163,9 @@ def calibration_curve(
     below the predicted ``p``-quantile (uncertainty-toolbox's ``prop_type="quantile"``).
     Returns ``{"expected": levels, "observed": proportions}``, both of shape ``(len(levels),)``.
     """
-    pit = _checked_pit(pit_values)
-    levels = _checked_levels(levels)
-    return {"expected": levels.copy(), "observed": _observed_proportions(pit, levels)}
+    pit = checked_pit(pit_values)
+    levels = levels_or_default(levels)
+    return {"expected": levels.copy(), "observed": observed_proportions(pit, levels)}
 
 
 def miscalibration_area(pit_values: np.ndarray, levels: np.ndarray | None = None) -> float:
@@ -226,11 +178,11 @@ def miscalibration_area(pit_values: np.ndarray, levels: np.ndarray | None = None
     (so the value is exactly the polygon area that uncertainty-toolbox computes). It is not
     divided by ``p_m - p_1``; on the default grid it lies in [0, 0.49].
     """
-    pit = _checked_pit(pit_values)
-    levels = _checked_levels(levels)
+    pit = checked_pit(pit_values)
+    levels = levels_or_default(levels)
     if levels.size < 2:
         raise LTAUInputError("miscalibration_area needs at least 2 levels")
-    return _area_between(levels, _observed_proportions(pit, levels))
+    return area_between(levels, observed_proportions(pit, levels))
 
 
 def binned_error_calibration(
@@ -246,7 +198,7 @@ def binned_error_calibration(
     of predictions in each bin). A calibrated expected error has
     ``mean_observed ≈ mean_predicted`` in every bin.
     """
-    predicted, observed = _paired(
+    predicted, observed = paired_vectors(
         predicted_expected_error,
         observed_error,
         names=("predicted_expected_error", "observed_error"),
@@ -318,8 +270,7 @@ def outside_support(bins: Bins, observed: np.ndarray) -> dict[str, float]:
     Returns ``{"below": ..., "above": ...}``. Such observations get PIT 0 or 1 and the floor
     density in :func:`nll_histogram`.
     """
-    if not isinstance(bins, Bins):
-        raise LTAUInputError(f"bins must be a Bins instance; got {type(bins).__name__}")
+    bins = checked_bins(bins)
     observed = checked_errors(observed, "observed")
     return {
         "below": float(np.mean(observed < bins.edges[0])),
@@ -332,15 +283,14 @@ def crps_values(mass: np.ndarray, bins: Bins, observed: np.ndarray) -> np.ndarra
     mass = checked_mass(mass, bins)
     observed = checked_errors(observed, "observed", mass.shape[0])
     result = np.empty(mass.shape[0])
-    for rows in _row_chunks(mass.shape[0]):
+    for rows in row_chunks(mass.shape[0]):
         result[rows] = _crps_rows(mass[rows], bins, observed[rows])
     return result
 
 
 def _crps_rows(mass: np.ndarray, bins: Bins, observed: np.ndarray) -> np.ndarray:
     edges, widths = bins.edges, bins.widths
-    cdf = np.concatenate([np.zeros((mass.shape[0], 1)), np.cumsum(mass, axis=1)], axis=1)
-    cdf /= cdf[:, -1:]
+    cdf = edge_cdf(mass)
     left, right = cdf[:, :-1], cdf[:, 1:]
     # F is linear from a to b over a bin of width w: the bin's integral of F^2 is
     # w (a^2 + ab + b^2) / 3, that of F is w (a + b) / 2.
@@ -399,7 +349,7 @@ def sparsification_curve(
 
     Returns ``{"fraction_removed": f, "model": ..., "oracle": ...}``, each ``(n_steps,)``.
     """
-    uncertainty, observed = _paired(
+    uncertainty, observed = paired_vectors(
         uncertainty, observed_error, names=("uncertainty", "observed_error")
     )
     checked_errors(observed, "observed_error")
@@ -449,3 +399,94 @@ def ause(
 
 def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
+
+
+# ----------------------------------------------------------------------------------------------
+# The bundle every report uses
+# ----------------------------------------------------------------------------------------------
+
+
+class MetricInfo(NamedTuple):
+    """How to show a metric: a label, its unit ("" if dimensionless) and which way is better."""
+
+    label: str
+    unit: str
+    direction: str
+
+
+METRIC_INFO: dict[str, MetricInfo] = {
+    "n": MetricInfo("samples", "", ""),
+    "spearman": MetricInfo("Spearman ρ, predicted vs true error", "", "higher is better"),
+    "auroc_error_flag": MetricInfo(
+        "AUROC of P(error > atol) for errors above atol", "", "higher is better"
+    ),
+    "fraction_above_atol": MetricInfo("fraction of errors above atol", "", ""),
+    "ause": MetricInfo("AUSE (area between sparsification and oracle)", "", "lower is better"),
+    "miscalibration_area": MetricInfo("miscalibration area (quantiles)", "", "lower is better"),
+    "ence": MetricInfo("ENCE (expected normalized calibration error)", "", "lower is better"),
+    "coverage90": MetricInfo("coverage of the 90% interval", "", "best at 0.90"),
+    "nll": MetricInfo("NLL (negative log density)", "nats", "lower is better"),
+    "crps": MetricInfo("CRPS", "error unit", "lower is better"),
+}
+"""Label, unit and direction of every key :func:`uq_metrics` can return (its key order).
+
+"error unit" is the unit of the errors (eV/Å for force errors); ``coverage90`` stands for the
+coverage of whatever central interval was given (``coverage95`` for ``confidence=0.95``)."""
+
+
+def coverage_key(confidence: float) -> str:
+    """The :func:`uq_metrics` key of a central interval's coverage: ``coverage90`` for 0.9."""
+    if not (is_real(confidence) and 0 < confidence < 1):
+        raise LTAUInputError(f"confidence must be a number in (0, 1); got {confidence!r}")
+    return f"coverage{100 * confidence:.10g}"
+
+
+def uq_metrics(
+    observed: np.ndarray,
+    expected_error: np.ndarray,
+    *,
+    lower: np.ndarray | None = None,
+    upper: np.ndarray | None = None,
+    confidence: float = 0.9,
+    pit: np.ndarray | None = None,
+    exceedance: np.ndarray | None = None,
+    atol: float | None = None,
+    mass: np.ndarray | None = None,
+    bins: Bins | None = None,
+) -> dict[str, float | int | None]:
+    """The uncertainty metrics of one set of predictions, in the order of :data:`METRIC_INFO`.
+
+    ``observed``: true errors ``(n,)`` (>= 0); ``expected_error``: predicted expected errors
+    ``(n,)``, same unit. Always returned: ``n``, ``spearman``, ``ause`` and ``ence``. With
+    ``atol`` (error unit): ``fraction_above_atol`` and, with ``exceedance`` (predicted
+    ``P(error > atol)``, ``(n,)``), ``auroc_error_flag`` (None when no error, or every error,
+    exceeds ``atol``). With ``pit`` ``(n,)``: ``miscalibration_area``. With ``lower`` and
+    ``upper`` ``(n,)``, the central ``confidence`` interval: its coverage under
+    :func:`coverage_key`. With ``mass`` ``(n, n_bins)`` on ``bins``: ``nll`` and ``crps``.
+    """
+    observed = checked_errors(observed, "observed")
+    if (lower is None) != (upper is None) or (mass is None) != (bins is None):
+        raise LTAUInputError("give lower with upper, and mass with bins (or neither)")
+    if exceedance is not None and atol is None:
+        raise LTAUInputError("the exceedance probabilities need the atol they were taken at")
+    result: dict[str, float | int | None] = {
+        "n": int(observed.size),
+        "spearman": spearman(expected_error, observed),
+    }
+    if atol is not None:
+        exceeds = observed > tolerance(atol)
+        if exceedance is not None:
+            result["auroc_error_flag"] = (
+                auroc(exceedance, exceeds) if exceeds.any() and not exceeds.all() else None
+            )
+        result["fraction_above_atol"] = float(exceeds.mean())
+    result["ause"] = ause(expected_error, observed)
+    if pit is not None:
+        result["miscalibration_area"] = miscalibration_area(pit)
+    result["ence"] = expected_normalized_calibration_error(expected_error, observed)
+    if lower is not None:
+        result[coverage_key(confidence)] = interval_coverage(observed, lower, upper)
+    if mass is not None:
+        result["nll"] = nll_histogram(mass, bins, observed)
+        result["crps"] = crps_histogram(mass, bins, observed)
+    return result

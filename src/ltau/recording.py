@@ -42,13 +42,9 @@ from ltau._io import (
     sign_attributes,
     write_array,
 )
-from ltau.distributions import (
-    Bins,
-    ErrorDistributions,
-    HistogramAccumulator,
-    Spacing,
-)
+from ltau.distributions import ErrorDistributions, HistogramAccumulator
 from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.histogram import Bins, Spacing
 
 LOG_FORMAT = "ltau-error-log"
 _ROW_CHUNK = 1 << 18
@@ -184,7 +180,7 @@ class ErrorRecorder:
         Every sample must have been recorded unless ``allow_missing`` (then missing samples are
         stored as NaN in the log and left out of the histograms).
         """
-        member = _check_member(member)
+        member = non_negative_int(member, "member")
         n_seen = int(np.count_nonzero(self._seen))
         if n_seen == 0:
             raise LTAUInputError("no errors were recorded in this epoch")
@@ -206,7 +202,7 @@ class ErrorRecorder:
         Returns the epoch number for model ``member``. Cannot be mixed with :meth:`record`
         calls of the same epoch.
         """
-        member = _check_member(member)
+        member = non_negative_int(member, "member")
         errors_array = as_error_vector(errors)
         if errors_array.size != self.n_samples:
             raise LTAUInputError(
@@ -409,12 +405,6 @@ class ErrorLog:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _check_member(member: object) -> int:
-    if isinstance(member, bool) or not isinstance(member, (int, np.integer)) or member < 0:
-        raise LTAUInputError(f"member must be a non-negative integer; got {member!r}")
-    return int(member)
 
 
 def _first_repeat(ids: np.ndarray) -> int:

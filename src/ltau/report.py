@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from ltau import metrics
 from ltau._io import atomic_path
 from ltau.dynamics import DynamicsTable
 from ltau.exceptions import LTAUInputError
+from ltau.metrics import MetricInfo
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -36,52 +37,38 @@ ERROR_UNIT = "{error_unit}"
 """Stands for the unit of the errors (``write_report``'s ``error_unit``) in a metric's unit."""
 
 
-class MetricInfo(NamedTuple):
-    """How the report shows one metric: its label, unit (may hold :data:`ERROR_UNIT`) and
-    which values are better (a phrase, empty for descriptive numbers)."""
-
-    label: str
-    unit: str
-    direction: str
-
-
 _LOWER, _HIGHER = "lower is better", "higher is better"
 
+
+def _with_error_unit(info: MetricInfo) -> MetricInfo:
+    return info._replace(unit=info.unit.replace("error unit", ERROR_UNIT))
+
+
+_BUNDLE = {key: _with_error_unit(info) for key, info in metrics.METRIC_INFO.items()}
+
 METRIC_INFO: dict[str, MetricInfo] = {
-    # Force-field pipeline (ltau.atomistic.pipeline), per set and per element.
+    **_BUNDLE,
+    # What the force-field pipeline (ltau.atomistic.pipeline) reports around the bundle.
     "n_atoms": MetricInfo("atoms", "", ""),
     "force_rmse": MetricInfo("force RMSE", ERROR_UNIT, _LOWER),
     "force_mae": MetricInfo("mean true error (force MAE)", ERROR_UNIT, _LOWER),
     "mean_expected_error": MetricInfo("mean predicted expected error", ERROR_UNIT, ""),
-    "fraction_above_atol": MetricInfo("fraction of errors above atol", "", ""),
-    "spearman": MetricInfo("Spearman ρ, predicted vs true error", "", _HIGHER),
-    "ause": MetricInfo("AUSE (area between sparsification and oracle)", "", _LOWER),
-    "auroc_error_flag": MetricInfo("AUROC of P(error > atol) for errors above atol", "", _HIGHER),
-    "coverage90": MetricInfo("coverage of the 90% interval", "", "best at 0.90"),
-    "miscalibration_area": MetricInfo("miscalibration area (quantiles)", "", _LOWER),
     "miscalibration_area_uncalibrated": MetricInfo(
         "miscalibration area before calibration", "", _LOWER
     ),
-    "ence": MetricInfo("ENCE (expected normalized calibration error)", "", _LOWER),
-    "crps": MetricInfo("CRPS", ERROR_UNIT, _LOWER),
-    "nll": MetricInfo("NLL (negative log density)", "nats", _LOWER),
     "mean_ood_score": MetricInfo("mean OOD score", "descriptor distance", ""),
     "auroc_ood_score_vs_in_domain": MetricInfo(
         "AUROC of the OOD score against the in-domain set", "", _HIGHER
     ),
-    # Tabular demo (ltau.demo.tabular).
-    "n": MetricInfo("samples", "", ""),
+    # The tabular demo (ltau.demo.tabular): its accuracy, and its older names of bundle keys.
     "rmse": MetricInfo("RMSE", ERROR_UNIT, _LOWER),
     "mean_abs_error": MetricInfo("mean true error (MAE)", ERROR_UNIT, _LOWER),
-    "spearman_expected_vs_true_error": MetricInfo(
-        "Spearman ρ, predicted vs true error", "", _HIGHER
-    ),
-    "auroc_exceedance_flags_error_above_atol": MetricInfo(
-        "AUROC of P(error > atol) for errors above atol", "", _HIGHER
-    ),
-    "coverage_0.9_interval": MetricInfo("coverage of the 90% interval", "", "best at 0.90"),
+    "spearman_expected_vs_true_error": _BUNDLE["spearman"],
+    "auroc_exceedance_flags_error_above_atol": _BUNDLE["auroc_error_flag"],
+    "coverage_0.9_interval": _BUNDLE["coverage90"],
 }
-"""Label, unit and direction of every metric key the report knows, keyed as in metrics.json."""
+"""Label, unit and direction of every metric key the report knows, keyed as in metrics.json:
+those of :data:`ltau.metrics.METRIC_INFO` and what the pipelines add around them."""
 
 TABLE_ORDER: tuple[tuple[str, tuple[str, ...]], ...] = (
     (

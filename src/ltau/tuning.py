@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ltau._checks import positive_number
 from ltau.dynamics import DynamicsTable
 from ltau.exceptions import LTAUInputError
 
@@ -59,8 +60,7 @@ class TuningStrategy:
     drop_quantile: float | None = None
 
     def __post_init__(self) -> None:
-        if not (np.isfinite(self.power) and self.power > 0):
-            raise LTAUInputError(f"power must be positive; got {self.power}")
+        positive_number(self.power, "power")
         if not (0 < self.low <= 1 <= self.high < np.inf):
             raise LTAUInputError(f"need 0 < low <= 1 <= high; got low={self.low}, high={self.high}")
         if self.drop_quantile is not None and not 0 < self.drop_quantile < 1:

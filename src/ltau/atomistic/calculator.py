@@ -31,6 +31,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from ltau._checks import tolerance
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
 
@@ -69,8 +70,7 @@ class LTAUCalculatorBase(Calculator):
         super().__init__(**kwargs)
         if not isinstance(estimator, LTAUEstimator):
             raise LTAUInputError("estimator must be a fitted LTAUEstimator")
-        if not (np.isfinite(atol) and atol >= 0):
-            raise LTAUInputError(f"atol must be a non-negative number (eV/Å); got {atol}")
+        atol = tolerance(atol)
         if estimator.n_features_in_ != self.descriptor_size:
             raise LTAUInputError(
                 f"the estimator was fitted on {estimator.n_features_in_}-dimensional descriptors "
@@ -85,7 +85,7 @@ class LTAUCalculatorBase(Calculator):
                 f"{found[:16]}..."
             )
         self.estimator = estimator
-        self.atol = float(atol)
+        self.atol = atol
 
     @property
     def model_fingerprint(self) -> str | None:

@@ -254,7 +254,11 @@ def _evaluate_tests(
         evaluation = evaluate(structures, True)
         groups = structures.index.configuration_of_atoms
         prediction = estimator.predict(
-            evaluation.descriptors, groups=groups, atol=atol, confidence=CONFIDENCE
+            evaluation.descriptors,
+            groups=groups,
+            atol=atol,
+            confidence=CONFIDENCE,
+            return_pdf=evaluation.force_errors is not None,
         )
         observed = evaluation.force_errors
         pit = None
@@ -346,26 +350,17 @@ def _labelled_metrics(
     raw_pit: np.ndarray,
     atol: float,
 ) -> dict:
-    exceeds = observed > atol
-    flags = (
-        metrics.auroc(prediction.exceedance[:, 0], exceeds)
-        if exceeds.any() and not exceeds.all()
-        else None
-    )
+    """A test set's force-error statistics (eV/Å) and :func:`ltau.metrics.uq_metrics` of its
+    calibrated ``prediction`` (made with ``atol``, the interval and the PDF) and PIT values,
+    plus the miscalibration area of the uncalibrated PIT values ``raw_pit``."""
+    bundle = prediction.uq_metrics(observed, pit=pit, atol=atol)
+    bundle.pop("n")
     return {
         "n_atoms": int(observed.size),
         "force_rmse": metrics.rmse(observed),
         "force_mae": float(observed.mean()),
-        "spearman": metrics.spearman(prediction.expected_error, observed),
-        "miscalibration_area": metrics.miscalibration_area(pit),
+        **bundle,
         "miscalibration_area_uncalibrated": metrics.miscalibration_area(raw_pit),
-        "ence": metrics.expected_normalized_calibration_error(prediction.expected_error, observed),
-        "coverage90": metrics.interval_coverage(
-            observed, prediction.interval_lower, prediction.interval_upper
-        ),
-        "auroc_error_flag": flags,
-        "fraction_above_atol": float(exceeds.mean()),
-        "ause": metrics.ause(prediction.expected_error, observed),
     }
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import inspect
 import io
 import math
-import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from ase.constraints import FixAtoms
 from ase.optimize.optimize import Optimizer
 from tqdm.auto import tqdm
 
+from ltau._checks import integer, non_negative_number, positive_number
 from ltau._io import check_output_path
 from ltau.atomistic.calculator import LTAUCalculatorBase
 from ltau.exceptions import LTAUInputError
@@ -103,10 +103,8 @@ def optimizer_names() -> list[str]:
 def check_settings(optimizer: str | type, fmax: float, steps: int) -> type[Optimizer]:
     """Validate the optimizer, ``fmax`` (eV/Å, > 0) and ``steps`` (>= 1); return the class."""
     optimizer_type = optimizer_class(optimizer)
-    if not _is_number(fmax) or float(fmax) <= 0:
-        raise LTAUInputError(f"fmax must be a positive number (eV/Å); got {fmax!r}")
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise LTAUInputError(f"steps must be an integer >= 1; got {steps!r}")
+    positive_number(fmax, "fmax", "a positive number (eV/Å)")
+    integer(steps, "steps", 1, "an integer >= 1")
     return optimizer_type
 
 
@@ -118,13 +116,10 @@ def check_stop_thresholds(thresholds: Mapping[str, float] | None) -> dict[str, f
             raise LTAUInputError(
                 f"unknown stop quantity {name!r}; choose from {', '.join(QUANTITIES)}"
             )
-        if not _is_number(value) or float(value) < 0:
-            raise LTAUInputError(
-                f"the {name} stop threshold must be a non-negative number; got {value!r}"
-            )
-        if name == "p_exceed" and float(value) > 1:
+        threshold = non_negative_number(value, f"the {name} stop threshold")
+        if name == "p_exceed" and threshold > 1:
             raise LTAUInputError(f"the p_exceed stop threshold must lie in [0, 1]; got {value}")
-        checked[name] = float(value)
+        checked[name] = threshold
     return checked
 
 
@@ -257,14 +252,6 @@ def _moving_atoms(atoms: Atoms) -> np.ndarray:
     if not moving.any():
         raise LTAUInputError("every atom is fixed: there is nothing to relax")
     return moving
-
-
-def _is_number(value: object) -> bool:
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
 
 
 __all__ = [

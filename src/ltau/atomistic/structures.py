@@ -109,6 +109,40 @@ class LabelledStructures:
         return LabelledStructures([self.atoms[c] for c in configs], energies, forces)
 
 
+@dataclass
+class ForceFieldEvaluation:
+    """A force field's outputs on a set of structures, atoms concatenated in configuration
+    order: ``energies`` ``(n_configs,)`` eV, ``forces`` ``(n_atoms, 3)`` eV/Å, per-atom
+    invariant ``descriptors`` ``(n_atoms, descriptor_size)`` and, if the structures carry
+    reference forces, ``force_errors`` ``(n_atoms,)`` = ``||F_pred - F_ref||_2`` eV/Å."""
+
+    energies: np.ndarray
+    forces: np.ndarray
+    descriptors: np.ndarray
+    force_errors: np.ndarray | None
+
+    @classmethod
+    def from_batches(
+        cls,
+        structures: LabelledStructures,
+        energies: Sequence[np.ndarray],
+        forces: Sequence[np.ndarray],
+        descriptors: Sequence[np.ndarray],
+    ) -> ForceFieldEvaluation:
+        """Join the outputs of consecutive batches of ``structures`` (in order) and take the
+        force errors against the structures' reference forces, if any."""
+        predicted_forces = np.concatenate(forces).astype(np.float64)
+        force_errors = None
+        if structures.forces is not None:
+            force_errors = np.linalg.norm(predicted_forces - structures.forces, axis=1)
+        return cls(
+            np.concatenate(energies).astype(np.float64),
+            predicted_forces,
+            np.concatenate(descriptors),
+            force_errors,
+        )
+
+
 def read_structures(
     source: str | os.PathLike | Sequence[Atoms],
     *,

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from ltau._io import check_output_path
+from ltau.calibration import CALIBRATION_METHODS
 from ltau.cli._common import load_npy
 from ltau.estimator import LTAUEstimator
 
@@ -26,7 +27,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--descriptors", type=Path, required=True, help="(n, dim) .npy")
     parser.add_argument("--errors", type=Path, required=True, help="(n,) observed errors .npy")
     parser.add_argument("--groups", type=Path, help="(n,) integer group labels .npy")
-    parser.add_argument("--method", choices=("isotonic", "scale"), default="isotonic")
+    parser.add_argument("--method", choices=tuple(CALIBRATION_METHODS), default="isotonic")
     parser.add_argument(
         "--no-widening", action="store_true", help="calibrate without the distance widening"
     )

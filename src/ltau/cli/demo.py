@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ltau.calibration import CALIBRATION_METHODS
 from ltau.cli._common import pairs
 from ltau.exceptions import LTAUInputError
 
@@ -41,7 +42,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--energy-key", default="REF_energy", help="info key of energies")
     parser.add_argument("--forces-key", default="REF_forces", help="arrays key of forces")
     parser.add_argument("--isolated-atoms", type=Path, help="extxyz of isolated atoms (E0s)")
-    parser.add_argument("--calibration", choices=("isotonic", "scale"), default="isotonic")
+    parser.add_argument("--calibration", choices=tuple(CALIBRATION_METHODS), default="isotonic")
     parser.add_argument(
         "--group-key",
         action="append",

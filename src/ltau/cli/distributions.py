@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from ltau._io import check_output_path
-from ltau.distributions import Bins, save_distributions
+from ltau.distributions import save_distributions
+from ltau.histogram import Bins
 from ltau.recording import ErrorLog
 
 logger = logging.getLogger(__name__)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import numbers
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -59,6 +58,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 from ase.optimize import BFGS, FIRE
 from tqdm.auto import tqdm
 
+from ltau._checks import integer, non_negative_number, positive_number
 from ltau._io import atomic_path
 from ltau.exceptions import LTAUInputError
 
@@ -721,37 +721,20 @@ def _check_keys(energy_key: str, forces_key: str) -> None:
             )
 
 
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _non_negative_float(value: object, name: str) -> float:
-    if not _is_real(value) or not math.isfinite(float(value)):
-        raise LTAUInputError(f"{name} must be a finite number; got {value!r}")
-    if float(value) < 0:
-        raise LTAUInputError(f"{name} must be non-negative; got {value!r}")
-    return float(value)
+    return non_negative_number(value, name, "non-negative (a finite number)")
 
 
 def _positive_float(value: object, name: str) -> float:
-    result = _non_negative_float(value, name)
-    if result == 0:
-        raise LTAUInputError(f"{name} must be positive; got {value!r}")
-    return result
+    return positive_number(value, name, "positive (a finite number)")
 
 
 def _non_negative_int(value: object, name: str) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise LTAUInputError(f"{name} must be an integer; got {value!r}")
-    if value < 0:
-        raise LTAUInputError(f"{name} must be non-negative; got {value!r}")
-    return int(value)
+    return integer(value, name, 0, "non-negative (an integer)")
 
 
 def _positive_int(value: object, name: str) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise LTAUInputError(f"{name} must be an integer >= 1; got {value!r}")
-    return int(value)
+    return integer(value, name, 1, "an integer >= 1")
 
 
 def _seed_sequence(seed: object) -> np.random.SeedSequence:

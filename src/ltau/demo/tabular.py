@@ -229,24 +229,24 @@ def run_tabular_demo(
 
 
 def split_metrics(prediction: LTAUPrediction, errors: np.ndarray, atol: float) -> dict:
-    """Uncertainty metrics of one test split (errors are absolute, in target units)."""
-    exceeds = errors > atol
-    flagged_auroc = (
-        metrics.auroc(prediction.exceedance[:, 0], exceeds)
-        if exceeds.any() and not exceeds.all()
-        else None
-    )
+    """Uncertainty metrics of one test split (errors are absolute, in target units):
+    :func:`ltau.metrics.uq_metrics` and the split's error and prediction averages.
+
+    ``spearman_expected_vs_true_error``, ``auroc_exceedance_flags_error_above_atol`` and
+    ``coverage_0.9_interval`` repeat ``spearman``, ``auroc_error_flag`` and ``coverage90``
+    under the names of earlier metrics.json files.
+    """
+    bundle = prediction.uq_metrics(errors, atol=atol)
+    coverage = metrics.coverage_key(prediction.confidence)
     return {
-        "n": len(errors),
+        **bundle,
         "rmse": metrics.rmse(errors),
         "mean_abs_error": float(errors.mean()),
         "mean_expected_error": float(prediction.expected_error.mean()),
-        "spearman_expected_vs_true_error": metrics.spearman(prediction.expected_error, errors),
-        "auroc_exceedance_flags_error_above_atol": flagged_auroc,
-        f"coverage_{CONFIDENCE:g}_interval": metrics.interval_coverage(
-            errors, prediction.interval_lower, prediction.interval_upper
-        ),
         "mean_ood_score": float(prediction.ood_score.mean()),
+        "spearman_expected_vs_true_error": bundle["spearman"],
+        "auroc_exceedance_flags_error_above_atol": bundle["auroc_error_flag"],
+        f"coverage_{prediction.confidence:g}_interval": bundle[coverage],
     }
 
 

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from ltau._checks import positive_int
 from ltau.atomistic.calculator import LTAUCalculatorBase, ModelOutput
-from ltau.atomistic.structures import LabelledStructures
+from ltau.atomistic.structures import ForceFieldEvaluation, LabelledStructures
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.integrations.model_files import state_fingerprint
@@ -64,16 +64,6 @@ DTYPE_KEY = "model_dtype"
 _REQUIRED_KEYS = (R_MAX_KEY, TYPE_NAMES_KEY)
 _OUTPUT_KEYS = ("total_energy", "forces", "node_features")
 _IRREP = re.compile(r"^\s*(?:(\d+)\s*x\s*)?(\d+)([eo])\s*$")
-
-
-@dataclass
-class DeployedEvaluation:
-    """Model outputs for a set of structures (atoms concatenated in configuration order)."""
-
-    energies: np.ndarray  # (n_configs,) eV
-    forces: np.ndarray  # (n_atoms, 3) eV/Å
-    descriptors: np.ndarray  # (n_atoms, descriptor_size) invariant node features, float32
-    force_errors: np.ndarray | None  # (n_atoms,) ||F_pred - F_ref|| eV/Å, if references exist
 
 
 @dataclass
@@ -318,7 +308,7 @@ def evaluate_deployed(
     *,
     batch_size: int = 1,
     progress: bool = False,
-) -> DeployedEvaluation:
+) -> ForceFieldEvaluation:
     """Energies, forces, invariant descriptors (and force errors if labelled).
 
     ``batch_size`` structures go through each forward pass; above 1 the model must read
@@ -332,13 +322,7 @@ def evaluate_deployed(
         energies.append(output.energies)
         forces.append(output.forces)
         descriptors.append(output.descriptors)
-    predicted_forces = np.concatenate(forces)
-    force_errors = None
-    if structures.forces is not None:
-        force_errors = np.linalg.norm(predicted_forces - structures.forces, axis=1)
-    return DeployedEvaluation(
-        np.concatenate(energies), predicted_forces, np.concatenate(descriptors), force_errors
-    )
+    return ForceFieldEvaluation.from_batches(structures, energies, forces, descriptors)
 
 
 class LTAUCalculator(LTAUCalculatorBase):
@@ -415,7 +399,6 @@ def _descriptor_columns(
 
 
 __all__ = [
-    "DeployedEvaluation",
     "DeployedModel",
     "DeployedOutput",
     "LTAUCalculator",

@@ -38,10 +38,12 @@ from mace.modules.utils import extract_invariant
 from mace.tools import AtomicNumberTable, torch_geometric
 from tqdm.auto import tqdm
 
+from ltau._checks import positive_number
 from ltau.atomistic.calculator import LTAUCalculatorBase, ModelOutput
-from ltau.atomistic.structures import LabelledStructures
+from ltau.atomistic.structures import ForceFieldEvaluation, LabelledStructures
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.integrations._trained import TrainingTimes
 from ltau.integrations.model_files import load_pickled_model, state_fingerprint
 from ltau.recording import ErrorRecorder
 
@@ -72,12 +74,11 @@ class MACESettings:
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "float64"):
             raise LTAUInputError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
-        if not self.r_max > 0:
-            raise LTAUInputError(f"r_max must be positive (Å); got {self.r_max}")
+        positive_number(self.r_max, "r_max", "a positive number (Å)")
 
 
 @dataclass
-class TrainedMACE:
+class TrainedMACE(TrainingTimes):
     """A MACE model with what is needed to evaluate it (cutoff and dtype in ``settings``, its
     elements, the head to read for a multihead model, the device), and the training timings
     when ltau trained it."""
@@ -89,12 +90,6 @@ class TrainedMACE:
     logging_seconds: list[float] = field(default_factory=list)
     head: str | None = None
     device: str = "cpu"
-
-    @property
-    def logging_overhead(self) -> float:
-        """Time spent recording errors as a fraction of the training time without it."""
-        total, logging = sum(self.epoch_seconds), sum(self.logging_seconds)
-        return logging / (total - logging) if total > logging else float("nan")
 
     @property
     def fingerprint(self) -> str:
@@ -173,16 +168,6 @@ class TrainedMACE:
     def heads(self) -> list[str]:
         """The model's heads (``["Default"]`` for a single-head model)."""
         return list(getattr(self.model, "heads", None) or ["Default"])
-
-
-@dataclass
-class MACEEvaluation:
-    """Model outputs for a set of structures (atoms concatenated in configuration order)."""
-
-    energies: np.ndarray  # (n_configs,) eV
-    forces: np.ndarray  # (n_atoms, 3) eV/Å
-    descriptors: np.ndarray  # (n_atoms, n_features) invariant node features
-    force_errors: np.ndarray | None  # (n_atoms,) ||F_pred - F_ref|| eV/Å, if references exist
 
 
 @contextlib.contextmanager
@@ -281,8 +266,9 @@ def evaluate_mace(
     *,
     batch_size: int = 20,
     progress: bool = False,
-) -> MACEEvaluation:
-    """Energies, forces, invariant descriptors (and force errors if labelled), batched."""
+) -> ForceFieldEvaluation:
+    """Energies, forces, invariant descriptors (the invariant node features) and force
+    errors if labelled, batched."""
     model = trained.model
     z_table = AtomicNumberTable(trained.atomic_numbers)
     _check_elements(structures.atomic_numbers, z_table)
@@ -298,16 +284,7 @@ def evaluate_mace(
             energies.append(output["energy"].detach().cpu().numpy())
             forces.append(output["forces"].detach().cpu().numpy())
             descriptors.append(invariant_descriptors(model, output["node_feats"]))
-    predicted_forces = np.concatenate(forces).astype(np.float64)
-    force_errors = None
-    if structures.forces is not None:
-        force_errors = np.linalg.norm(predicted_forces - structures.forces, axis=1)
-    return MACEEvaluation(
-        np.concatenate(energies).astype(np.float64),
-        predicted_forces,
-        np.concatenate(descriptors),
-        force_errors,
-    )
+    return ForceFieldEvaluation.from_batches(structures, energies, forces, descriptors)
 
 
 def invariant_descriptors(model: torch.nn.Module, node_feats: torch.Tensor) -> np.ndarray:
@@ -498,7 +475,6 @@ def _check_elements(numbers: np.ndarray, z_table: AtomicNumberTable) -> None:
 
 __all__ = [
     "LTAUCalculator",
-    "MACEEvaluation",
     "MACESettings",
     "TrainedMACE",
     "evaluate_mace",

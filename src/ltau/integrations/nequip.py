@@ -46,11 +46,13 @@ from nequip.train import NequIPLightningModule
 from nequip.utils.global_state import set_global_state
 from tqdm.auto import tqdm
 
+from ltau._checks import positive_number
 from ltau.atomistic.calculator import LTAUCalculatorBase, ModelOutput
-from ltau.atomistic.structures import AtomIndex, LabelledStructures
+from ltau.atomistic.structures import AtomIndex, ForceFieldEvaluation, LabelledStructures
 from ltau.distributions import ErrorDistributions
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.integrations._trained import TrainingTimes, read_model_file
 from ltau.recording import ErrorLog, ErrorRecorder
 
 FRAME_ID_KEY = "ltau_frame_id"
@@ -257,12 +259,11 @@ class NequIPSettings:
             raise LTAUInputError(
                 f"model_dtype must be float32 or float64; got {self.model_dtype!r}"
             )
-        if not self.r_max > 0:
-            raise LTAUInputError(f"r_max must be positive (Å); got {self.r_max}")
+        positive_number(self.r_max, "r_max", "a positive number (Å)")
 
 
 @dataclass
-class TrainedNequIP:
+class TrainedNequIP(TrainingTimes):
     """A trained NequIP model (``nequip.nn.GraphModel``, in eval mode) and its timings."""
 
     model: torch.nn.Module
@@ -274,12 +275,6 @@ class TrainedNequIP:
     def type_names(self) -> list[str]:
         return list(self.model.type_names)
 
-    @property
-    def logging_overhead(self) -> float:
-        """Time spent recording errors as a fraction of the training time without it."""
-        total, logging = sum(self.epoch_seconds), sum(self.logging_seconds)
-        return logging / (total - logging) if total > logging else float("nan")
-
     def save(self, path: str | os.PathLike) -> None:
         """Save the model (torch's format) and its settings."""
         payload = {"model": self.model, "settings": asdict(self), "format": "ltau-nequip-model"}
@@ -289,12 +284,7 @@ class TrainedNequIP:
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainedNequIP:
         """Load a model saved by :meth:`save` (a trusted file: torch unpickles it)."""
-        try:
-            payload = torch.load(path, weights_only=False, map_location="cpu")
-        except Exception as exc:
-            raise LTAUFileError(f"{path} is not a readable model file: {exc}") from exc
-        if not isinstance(payload, dict) or payload.get("format") != "ltau-nequip-model":
-            raise LTAUFileError(f"{path} was not written by TrainedNequIP.save")
+        payload = read_model_file(path, "ltau-nequip-model", "TrainedNequIP.save")
         stored = payload["settings"]
         return cls(
             model=payload["model"].eval(),
@@ -302,16 +292,6 @@ class TrainedNequIP:
             epoch_seconds=list(stored["epoch_seconds"]),
             logging_seconds=list(stored["logging_seconds"]),
         )
-
-
-@dataclass
-class NequIPEvaluation:
-    """Model outputs for a set of structures (atoms concatenated in configuration order)."""
-
-    energies: np.ndarray  # (n_configs,) eV
-    forces: np.ndarray  # (n_atoms, 3) eV/Å
-    descriptors: np.ndarray  # (n_atoms, n_invariant) invariant node features
-    force_errors: np.ndarray | None  # (n_atoms,) ||F_pred - F_ref|| eV/Å, if references exist
 
 
 class _FramesDataset(AtomicDataset):
@@ -456,8 +436,9 @@ def evaluate_nequip(
     *,
     batch_size: int = 20,
     progress: bool = False,
-) -> NequIPEvaluation:
-    """Energies, forces, invariant descriptors (and force errors if labelled), batched."""
+) -> ForceFieldEvaluation:
+    """Energies, forces, invariant descriptors (the scalar node features) and force errors
+    if labelled, batched."""
     model = trained.model
     _check_elements(structures.atomic_numbers, trained.type_names)
     frames = _prepare(structures, trained.type_names, float(trained.settings.r_max))
@@ -469,16 +450,7 @@ def evaluate_nequip(
         energies.append(output[AtomicDataDict.TOTAL_ENERGY_KEY].detach().numpy().reshape(-1))
         forces.append(output[AtomicDataDict.FORCE_KEY].detach().numpy())
         descriptors.append(invariant_descriptors(model, output))
-    predicted_forces = np.concatenate(forces).astype(np.float64)
-    force_errors = None
-    if structures.forces is not None:
-        force_errors = np.linalg.norm(predicted_forces - structures.forces, axis=1)
-    return NequIPEvaluation(
-        np.concatenate(energies).astype(np.float64),
-        predicted_forces,
-        np.concatenate(descriptors),
-        force_errors,
-    )
+    return ForceFieldEvaluation.from_batches(structures, energies, forces, descriptors)
 
 
 def invariant_descriptors(model: torch.nn.Module, output: AtomicDataDict.Type) -> np.ndarray:
@@ -628,7 +600,6 @@ __all__ = [
     "FrameIndexedDataset",
     "LTAUCalculator",
     "LTAUErrorLogger",
-    "NequIPEvaluation",
     "NequIPSettings",
     "TrainedNequIP",
     "evaluate_nequip",
