@@ -293,9 +293,9 @@ class MACETrainingLogger:
             self.matcher.numbers, self.matcher.positions, self.matcher.sizes
         )
         for batch in loader:
-            ptr = batch["ptr"].numpy()
+            ptr = batch["ptr"].cpu().numpy()
             numbers = _atomic_numbers(model, batch["node_attrs"])
-            positions = batch["positions"].numpy().astype(np.float64)
+            positions = batch["positions"].cpu().numpy().astype(np.float64)
             for graph in range(len(ptr) - 1):
                 config = matcher.match(
                     numbers[ptr[graph] : ptr[graph + 1]], positions[ptr[graph] : ptr[graph + 1]]
