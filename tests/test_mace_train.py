@@ -174,6 +174,27 @@ def test_fine_tuning_from_a_local_foundation_model(run):
         load_forcefield(run / "finetuned.model").calculator(estimator)
 
 
+def test_multihead_fine_tuning_records_only_the_users_configurations(run):
+    """mace's replay data (--pt_train_file, a local file here) is trained on too, under its own
+    head: those graphs match no configuration of the training file and are not recorded."""
+    replay = write_slice("test_MD_600K", run / "replay.xyz", 12)
+    result = mace_train(
+        run,
+        *("--log", "multihead.h5", "--", "--name", "multihead"),
+        *("--train_file", str(run / "train.xyz"), "--valid_fraction", "0.25"),
+        *("--foundation_model", str(run / "tiny.model"), "--multiheads_finetuning", "True"),
+        *("--pt_train_file", str(replay), "--max_num_epochs", "2", *MACE_SMALL),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with ErrorLog(run / "multihead.h5") as log:
+        provenance, errors = log.provenance, log.to_array()
+    assert provenance["members"]["0"]["unmatched_graphs"] > 0
+    assert len(provenance["trained_configurations"]) == N_TRAIN - N_VALID
+    assert np.isfinite(errors).sum(axis=1).min() > 0
+    tuned = TrainedMACE.from_file(run / "multihead.model")
+    assert "pt_head" in tuned.heads and tuned.head != "pt_head"
+
+
 def test_descriptors_and_predict_check_the_model(run, capsys):
     """`ltau descriptors` then `ltau predict`: the estimator's model passes, another fails."""
     for name in ("tiny", "finetuned"):

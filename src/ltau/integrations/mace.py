@@ -128,8 +128,9 @@ class TrainedMACE(TrainingTimes):
         cls, model: torch.nn.Module, *, head: str | None = None, device: str = "cpu"
     ) -> TrainedMACE:
         """Serve a mace model module (e.g. of a ``mace_run_train`` file): its cutoff, elements
-        and dtype come from the model; ``head`` names the head to read (default: the last,
-        which is the fine-tuning head of a multihead model)."""
+        and dtype come from the model; ``head`` names the head to read (default: the last
+        head other than mace's replay head ``pt_head``, i.e. the fine-tuning head of a
+        multihead model)."""
         for attribute in ("r_max", "atomic_numbers", "num_interactions", "products"):
             if not hasattr(model, attribute):
                 raise LTAUFileError(f"the model is not a mace model (it has no {attribute})")
@@ -142,7 +143,7 @@ class TrainedMACE(TrainingTimes):
             model=model.to(device).eval(),
             settings=settings,
             atomic_numbers=[int(z) for z in model.atomic_numbers.tolist()],
-            head=head if head is not None else heads[-1],
+            head=head if head is not None else [h for h in heads if h != "pt_head"][-1],
             device=device,
         )
 
