@@ -113,7 +113,7 @@ def load_pickled_model(
     if not path.is_file():
         raise LTAUFileError(f"{path} does not exist")
     if not is_torch_archive(path):
-        raise LTAUFileError(f"{path} is not a PyTorch model file (not a torch.save archive)")
+        raise LTAUFileError(f"{path} is not a readable model file (not a torch.save archive)")
     if trusted:
         logger.warning("loading %s as trusted: it may run code", path)
         return _load(path, device, weights_only=False)
