@@ -277,7 +277,8 @@ class LTAUErrorLogger(lightning.Callback):
         return logging / (total - logging) if total > logging else float("nan")
 
     def distributions(self, **kwargs) -> ErrorDistributions:
-        """Per-atom error distributions from the log (arguments of ``ErrorLog.distributions``)."""
+        """Per-atom error distributions from the log (arguments of ``ErrorLog.distributions``;
+        with a training file, give ``samples``: atoms held out for validation have no errors)."""
         if self.recorder is None:
             raise LTAUInputError("no training epoch has been logged yet")
         with ErrorLog(self.log_path) as log:
