@@ -9,9 +9,9 @@ keeps its meaning. The per-atom force-error norm ``||F_pred - F_ref||_2`` (eV/Å
 training step's own forward pass.
 
 mace's batches carry no configuration index, so each graph is matched to its configuration of
-the training file by its atoms: count, elements and positions (within :data:`POSITION_TOLERANCE`
-Å; mace does not move atoms). The log numbers the atoms of the training file in order
-(configuration 0's atoms first) and stores, per sample, its ``configuration`` and ``atom``; its
+the training file by its atoms (:class:`~ltau.atomistic.matching.ConfigurationMatcher`: count,
+elements and positions; mace does not move atoms). The log numbers the atoms of the training
+file in order (configuration 0's atoms first) and stores, per sample, its ``configuration`` and ``atom``; its
 provenance records the file's SHA-256, the configurations mace trained on and those it held out
 for validation, mace's arguments and version, and the model files mace wrote. Graphs that match
 no configuration of the file (the replay data of multihead fine-tuning) are not recorded.
@@ -36,86 +36,19 @@ import numpy as np
 import torch
 
 from ltau._io import file_sha256
+from ltau.atomistic.matching import ConfigurationMatcher
 from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.integrations.model_files import load_pickled_model
 from ltau.recording import ErrorRecorder
 
 logger = logging.getLogger(__name__)
 
-POSITION_TOLERANCE = 1e-4
-"""Largest coordinate difference (Å) between a batch graph and its training configuration."""
-_GRID = 1e-2
-"""Cell size (Å) of the centroid grid that finds a graph's candidate configurations."""
 UNSUPPORTED = {
     "distributed": "several ranks are not recorded yet: train on one process, or without ltau",
     "lbfgs": "L-BFGS evaluates each batch several times per step, so one step has no single "
     "error per atom",
 }
 """mace options that ``ltau mace-train`` refuses, with the reason."""
-
-
-class ConfigurationMatcher:
-    """Finds which configuration of a file a batch graph is, from its atoms.
-
-    ``numbers`` and ``positions`` of every configuration, concatenated in file order
-    (``(n_atoms,)`` ints, ``(n_atoms, 3)`` Å) with ``sizes`` ``(n_configs,)``. A graph matches
-    a configuration with the same atom count and elements in the same order whose positions
-    agree within :data:`POSITION_TOLERANCE`. Identical configurations are handed out in file
-    order, once each per :meth:`new_epoch`.
-    """
-
-    def __init__(self, numbers: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> None:
-        self.sizes = np.asarray(sizes, dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
-        self.numbers = np.asarray(numbers, dtype=np.int64)
-        self.positions = np.asarray(positions, dtype=np.float64)
-        self.centroids = (
-            np.add.reduceat(self.positions, self.offsets[:-1], axis=0)
-            / np.maximum(self.sizes, 1)[:, None]
-        )
-        self._cells: dict[tuple, list[int]] = {}
-        for config, (size, centroid) in enumerate(zip(self.sizes, self.centroids, strict=True)):
-            for key in self._keys(int(size), centroid):
-                self._cells.setdefault(key, []).append(config)
-        self._used: set[int] = set()
-
-    @staticmethod
-    def _keys(size: int, centroid: np.ndarray) -> list[tuple]:
-        """The grid cells of a centroid on two grids offset by half a cell: a point within
-        ``POSITION_TOLERANCE`` of it shares a cell on at least one grid unless it sits on a
-        corner of both, which :meth:`match` then resolves by a direct search."""
-        return [
-            (size, offset, *np.floor(centroid / _GRID + offset).astype(np.int64).tolist())
-            for offset in (0.0, 0.5)
-        ]
-
-    def new_epoch(self) -> None:
-        """Hand out every configuration again."""
-        self._used.clear()
-
-    def match(self, numbers: np.ndarray, positions: np.ndarray) -> int:
-        """The configuration of one graph (``(n,)`` atomic numbers, ``(n, 3)`` positions in Å),
-        or -1 if the file has none."""
-        size = len(numbers)
-        centroid = positions.mean(axis=0)
-        candidates = {c for key in self._keys(size, centroid) for c in self._cells.get(key, [])}
-        if not candidates:
-            same_size = np.flatnonzero(self.sizes == size)
-            near = np.max(np.abs(self.centroids[same_size] - centroid), axis=1)
-            candidates = set(same_size[near <= POSITION_TOLERANCE].tolist())
-        matches = [c for c in sorted(candidates) if self._is(c, numbers, positions)]
-        if not matches:
-            return -1
-        config = next((c for c in matches if c not in self._used), matches[0])
-        self._used.add(config)
-        return config
-
-    def _is(self, config: int, numbers: np.ndarray, positions: np.ndarray) -> bool:
-        start, stop = self.offsets[config], self.offsets[config + 1]
-        return bool(
-            np.array_equal(self.numbers[start:stop], numbers)
-            and np.max(np.abs(self.positions[start:stop] - positions)) <= POSITION_TOLERANCE
-        )
 
 
 class MACETrainingLogger:

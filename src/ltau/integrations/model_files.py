@@ -15,7 +15,8 @@ source must be one straight-line ``forward`` of tensor operations (see
 refused.
 
 Files that cannot be loaded this way need an explicit opt-in (``trusted=True``, the CLI's
-``--trust-model``), which the error names.
+``--trust-model``), which the error names. :func:`archive_kind` tells the PyTorch archive
+formats apart by their entries, without loading anything.
 """
 
 from __future__ import annotations
@@ -102,6 +103,27 @@ def is_torch_archive(path: str | os.PathLike) -> bool:
         return zipfile.is_zipfile(path)
     except OSError:
         return False
+
+
+def archive_kind(path: Path) -> str:
+    """``"torch-save"``, ``"torchscript"``, ``"nequip-torchscript"``, ``"torch-package"`` or
+    ``"aotinductor"``, from the archive's entries."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise LTAUFileError(f"{path} is not a model file (not a PyTorch archive): {exc}") from exc
+    if any("/data/aotinductor/" in name for name in names):
+        return "aotinductor"
+    if any("/code/" in name for name in names) and any(n.endswith("constants.pkl") for n in names):
+        if any(name.endswith("/extra/num_types") for name in names):
+            return "nequip-torchscript"
+        return "torchscript"
+    if any(name.endswith("/data.pkl") for name in names):
+        return "torch-save"
+    if any(name.endswith(".data/version") for name in names):
+        return "torch-package"
+    raise LTAUFileError(f"{path} is a zip archive but not a PyTorch model")
 
 
 def load_pickled_model(

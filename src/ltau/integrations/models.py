@@ -5,12 +5,19 @@ It recognises a file by its content, not its name:
 * a ``torch.save`` archive naming mace classes: a ``mace_run_train`` ``.model`` file
   (fine-tuned or not) or ltau's own MACE file, loaded without running code
   (:mod:`ltau.integrations.model_files`);
-* a ``torch.save`` archive naming nequip classes: ltau's own NequIP file (needs the NequIP
-  environment and ``trusted=True``);
-* a TorchScript archive: a deployed model (:mod:`ltau.integrations.deployed`; nequip 0.5/0.6
+* a ``torch.save`` archive of plain data: ltau's own NequIP file (weights and settings, loaded
+  without running code) or a ``nequip-train`` checkpoint (``trusted=True``: nequip builds the
+  model its config names);
+* a TorchScript archive: a nequip 0.19 ``nequip-compile`` ``.nequip.pth`` (its metadata has
+  ``num_types``), else a deployed model (:mod:`ltau.integrations.deployed`; nequip 0.5/0.6
   ``nequip-deploy`` files);
-* a ``torch.package`` archive (a nequip 0.19 packaged model): it holds Python code, so it
-  needs ``trusted=True``.
+* a ``torch.package`` archive (``nequip-package``'s ``.nequip.zip``): it holds Python code, so
+  it needs ``trusted=True``;
+* an AOTInductor archive (``nequip-compile``'s ``.nequip.pt2``): a native library, so it needs
+  ``trusted=True``.
+
+NequIP files are read by :func:`ltau.integrations.nequip.load_nequip_model` (NequIP
+environment).
 
 Each gives a :class:`ForceField`: its kind, a fingerprint of its weights, how to evaluate
 structures (energies, forces, invariant descriptors, force errors) and how to build the ASE
@@ -21,7 +28,6 @@ module serves both environments.
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +38,7 @@ from ltau.atomistic.pipeline import Evaluation
 from ltau.atomistic.structures import LabelledStructures
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.integrations.model_files import archive_kind
 
 KINDS = ("mace", "nequip", "deployed")
 
@@ -63,22 +70,6 @@ class ForceField:
         return self.calculator_factory(estimator, atol=atol, **kwargs)
 
 
-def archive_kind(path: Path) -> str:
-    """``"torch-save"``, ``"torchscript"`` or ``"torch-package"``, from the archive's entries."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise LTAUFileError(f"{path} is not a model file (not a PyTorch archive): {exc}") from exc
-    if any("/code/" in name for name in names) and any(n.endswith("constants.pkl") for n in names):
-        return "torchscript"
-    if any(name.endswith("/data.pkl") for name in names):
-        return "torch-save"
-    if any(name.endswith(".data/version") for name in names):
-        return "torch-package"
-    raise LTAUFileError(f"{path} is a zip archive but not a PyTorch model")
-
-
 def load_forcefield(
     path: str | os.PathLike,
     *,
@@ -94,8 +85,8 @@ def load_forcefield(
     kind = archive_kind(path)
     if kind == "torchscript":
         return _deployed(path, device)
-    if kind == "torch-package":
-        return _nequip_package(path, device, trusted)
+    if kind != "torch-save":
+        return _nequip(path, device, trusted)
     import torch
 
     try:
@@ -105,15 +96,7 @@ def load_forcefield(
     packages = {name.split(".")[0] for name in names}
     if "mace" in packages:
         return _mace(path, device, trusted, head)
-    if "nequip" in packages:
-        return _nequip_saved(path, device, trusted)
-    from ltau.integrations.model_files import load_pickled_model
-
-    load_pickled_model(path, trusted=trusted)  # names what it refuses, if anything
-    raise LTAUFileError(
-        f"{path} is a torch.save file of no model kind ltau knows (it names no mace or nequip "
-        "classes)"
-    )
+    return _nequip(path, device, trusted)
 
 
 def _mace(path: Path, device: str, trusted: bool, head: str | None) -> ForceField:
@@ -156,15 +139,25 @@ def _deployed(path: Path, device: str) -> ForceField:
     return ForceField("deployed", path, fingerprint, elements, model, evaluate, calculator)
 
 
-def _nequip_saved(path: Path, device: str, trusted: bool) -> ForceField:
-    raise LTAUFileError(
-        f"{path} is a NequIP model saved by ltau; load it in the NequIP environment with "
-        "ltau.integrations.nequip.TrainedNequIP.load"
-    )
+def _nequip(path: Path, device: str, trusted: bool) -> ForceField:
+    try:
+        from ltau.integrations import nequip as nequip_integration
+    except ImportError as exc:
+        from ltau.integrations.model_files import load_pickled_model
 
+        if archive_kind(path) == "torch-save":
+            load_pickled_model(path, trusted=trusted)  # names what it refuses, if anything
+        raise LTAUInputError(
+            f"{path} is not a mace model; NequIP models need the NequIP environment ({exc})"
+        ) from exc
+    model = nequip_integration.load_nequip_model(path, device=device, trusted=trusted)
 
-def _nequip_package(path: Path, device: str, trusted: bool) -> ForceField:
-    raise LTAUFileError(
-        f"{path} is a torch.package archive (a nequip packaged model), which holds Python "
-        "code; it is not supported yet"
+    def evaluate(structures: LabelledStructures, progress: bool) -> Evaluation:
+        return nequip_integration.evaluate_nequip(model, structures, progress=progress)
+
+    def calculator(estimator: LTAUEstimator, **kwargs: Any) -> LTAUCalculatorBase:
+        return nequip_integration.LTAUCalculator(model, estimator, **kwargs)
+
+    return ForceField(
+        "nequip", path, model.fingerprint, list(model.type_names), model, evaluate, calculator
     )
