@@ -123,6 +123,22 @@ def test_ltau_run_on_the_model_mace_wrote(run, capsys):
     assert estimator.metadata_["model_kind"] == "mace"
 
 
+def test_relax_takes_the_model_mace_wrote(run, tmp_path, capsys):
+    structures = tmp_path / "initial.xyz"
+    ase.io.write(structures, ase.io.read(run / "test.xyz", ":2"), format="extxyz")
+    code = main(
+        [
+            *("relax", str(structures), "--model", str(run / "tiny.model")),
+            *("--estimator", str(run / "out" / "estimator.h5"), "-o", str(tmp_path / "relaxed")),
+            *("--steps", "3"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    frames = ase.io.read(tmp_path / "relaxed" / "relax_0000.xyz", ":")
+    assert 1 <= len(frames) <= 4 and "ltau_expected_force_error" in frames[-1].arrays
+    assert (tmp_path / "relaxed" / "summary.csv").read_text().count("\n") == 3
+
+
 def test_calculator_from_mace_and_ltau_model_files(run, tmp_path):
     from mace.calculators import MACECalculator
 
