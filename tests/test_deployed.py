@@ -296,3 +296,23 @@ def test_model_without_the_needed_outputs_is_refused(tmp_path):
     model = DeployedModel.load(path)
     with pytest.raises(LTAUFileError, match=r"returns no \['forces', 'node_features'\]"):
         model.forward([molecule("H2O")])
+
+
+def test_load_forcefield_serves_a_deployed_model(model_path):
+    """The one model-file entry point recognises TorchScript and checks the estimator's model."""
+    from ltau.integrations.models import load_forcefield
+
+    forcefield = load_forcefield(model_path)
+    assert forcefield.kind == "deployed" and len(forcefield.fingerprint) == 64
+    train = LabelledStructures(_structures()[:2])
+    estimator = _estimator(forcefield.evaluate(train).descriptors)
+    atoms = _structures()[2]
+    atoms.calc = forcefield.calculator(estimator, atol=0.2)
+    np.testing.assert_allclose(atoms.get_forces(), forcefield.model.forward([atoms]).forces)
+    estimator.metadata_["model_sha256"] = forcefield.fingerprint
+    forcefield.calculator(estimator)
+    estimator.metadata_["model_sha256"] = "0" * 64
+    with pytest.raises(LTAUInputError, match="another model"):
+        forcefield.calculator(estimator)
+    with pytest.raises(LTAUInputError, match="run on the CPU"):
+        load_forcefield(model_path, device="cuda")

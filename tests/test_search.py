@@ -188,3 +188,31 @@ def test_bad_build_and_search_input():
 def test_deserializing_garbage_is_an_input_error():
     with pytest.raises(LTAUInputError, match="stored exact index could not be read"):
         NeighborIndex.deserialize("exact", {}, np.frombuffer(b"not a faiss index", np.uint8))
+
+
+def test_gpu_search_without_a_gpu_is_a_clear_error(cluster_data):
+    import faiss
+
+    index = NeighborIndex("exact").build(cluster_data["train"])
+    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+        pytest.skip("a GPU is visible: the error path cannot be shown here")
+    with pytest.raises(LTAUInputError, match="needs faiss-gpu and a visible GPU"):
+        index.use_gpu()
+    assert not index.on_gpu
+    distances, _ = index.search(cluster_data["queries"][:3], 2)
+    assert np.all(np.isfinite(distances))
+
+
+def test_estimator_gpu_search_needs_a_fitted_estimator_and_a_gpu(small_data):
+    import faiss
+
+    from ltau import LTAUEstimator
+    from ltau.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="use_gpu"):
+        LTAUEstimator(3).use_gpu()
+    estimator = LTAUEstimator(3).fit(small_data["train"], small_data["distributions"])
+    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+        pytest.skip("a GPU is visible: the error path cannot be shown here")
+    with pytest.raises(LTAUInputError, match="faiss-gpu"):
+        estimator.use_gpu()

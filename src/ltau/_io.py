@@ -213,3 +213,12 @@ def _sha256(data: np.ndarray) -> str:
     digest = hashlib.sha256(str(data.dtype.str).encode() + str(data.shape).encode())
     digest.update(memoryview(data).cast("B") if data.size else b"")
     return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, read in blocks: the fingerprint of a training file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

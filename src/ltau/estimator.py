@@ -695,6 +695,12 @@ class LTAUEstimator:
         return self._exceedance_cache_[atol]
 
     # -------------------------------------------------------------- persistence
+    def use_gpu(self) -> LTAUEstimator:
+        """Search neighbours on the GPU from now on (faiss-gpu and a GPU needed; see
+        :meth:`ltau.search.NeighborIndex.use_gpu`); results are the same. Returns ``self``."""
+        self._fitted_index("use_gpu").use_gpu()
+        return self
+
     def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
         """Write everything needed to predict to one HDF5 file, atomically.
 

@@ -13,14 +13,19 @@ epoch is still there and recording continues. :class:`ErrorLog` reads a log.
 Log layout (format ``ltau-error-log``, version 1): ``errors`` float32 ``(n_epochs, n_samples)``
 (NaN where a sample was not recorded that epoch), ``member`` int32 ``(n_epochs,)`` (which model
 each row belongs to), ``row_min_positive`` / ``row_max`` float64 ``(n_epochs,)``; root attributes
-``n_samples`` and ``n_complete``.
+``n_samples`` and ``n_complete``. Optional: the group ``samples`` holds named int64 columns
+``(n_samples,)`` that say what each sample is (for a force field: ``configuration`` and ``atom``,
+its configuration in the training file and its atom within it), each with a SHA-256; the group
+``provenance`` holds a signed JSON object of facts about the run (training file and its
+fingerprint, held-out configurations, trainer arguments).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import h5py
@@ -28,7 +33,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ltau._checks import as_error_vector, as_index_vector, non_negative_int, positive_int
-from ltau._io import atomic_h5, open_checked, reading
+from ltau._io import (
+    atomic_h5,
+    open_checked,
+    read_array,
+    read_attributes,
+    reading,
+    sign_attributes,
+    write_array,
+)
 from ltau.distributions import ErrorDistributions, HistogramAccumulator
 from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.histogram import Bins, Spacing
@@ -52,6 +65,11 @@ class ErrorRecorder:
         must be given.
     overwrite:
         Replace an existing log at ``log_path`` (otherwise that is an error; see :meth:`resume`).
+    samples:
+        Named integer columns, each ``(n_samples,)``, stored in the log to say what every
+        sample is (e.g. ``{"configuration": ..., "atom": ...}``); needs ``log_path``.
+    provenance:
+        JSON-serialisable facts about the run, stored in the log (see :meth:`set_provenance`).
 
     Example
     -------
@@ -70,10 +88,16 @@ class ErrorRecorder:
         bins: Bins | None = None,
         log_path: str | os.PathLike | None = None,
         overwrite: bool = False,
+        samples: Mapping[str, np.ndarray] | None = None,
+        provenance: Mapping[str, object] | None = None,
     ) -> None:
         self.n_samples = positive_int(n_samples, "n_samples")
         if bins is None and log_path is None:
             raise LTAUInputError("give bins (for live histograms), a log_path (raw log), or both")
+        if (samples is not None or provenance is not None) and log_path is None:
+            raise LTAUInputError("samples and provenance are stored in the log: give a log_path")
+        columns = _checked_columns(samples, self.n_samples)
+        facts = _checked_provenance(provenance)
         self._accumulator = HistogramAccumulator(bins, self.n_samples) if bins is not None else None
         self._buffer = np.full(self.n_samples, np.nan, dtype=np.float32)
         self._seen = np.zeros(self.n_samples, dtype=bool)
@@ -86,7 +110,7 @@ class ErrorRecorder:
                     f"{self.log_path} exists; use ErrorRecorder.resume() to continue it, "
                     "or overwrite=True to replace it"
                 )
-            _create_log(self.log_path, self.n_samples)
+            _create_log(self.log_path, self.n_samples, columns, facts)
             self._log = open_checked(self.log_path, LOG_FORMAT, mode="r+")
 
     @classmethod
@@ -191,6 +215,21 @@ class ErrorRecorder:
             )
         return self._commit(errors_array, None, member)
 
+    @property
+    def provenance(self) -> dict[str, object]:
+        """The facts about the run stored in the log (empty without a log or provenance)."""
+        if self._log is None:
+            return {}
+        return _read_provenance(self._log, self.log_path)
+
+    def set_provenance(self, provenance: Mapping[str, object]) -> None:
+        """Replace the log's provenance with ``provenance`` (a JSON-serialisable mapping of
+        facts about the run), signed and flushed at once."""
+        if self._log is None:
+            raise LTAUInputError("provenance is stored in the log: this recorder has none")
+        _write_provenance(self._log, _checked_provenance(provenance))
+        self._log.flush()
+
     def _commit(self, errors: np.ndarray, recorded: np.ndarray | None, member: int) -> int:
         """Add one epoch (``recorded``: ids present, None = all) to histograms and log."""
         if self._accumulator is not None:
@@ -213,19 +252,21 @@ class ErrorRecorder:
         members: Sequence[int] | None = None,
         skip_epochs: int = 0,
         progress: bool = False,
+        samples: Sequence[int] | np.ndarray | None = None,
     ) -> ErrorDistributions:
         """Per-sample error distributions pooled over the chosen models (default: all).
 
         With no arguments the live histograms are returned (as a copy). Other ``bins``, a bin
         count or spacing (bins then span the observed range; defaults 100, ``"log"``), a subset
-        of ``members`` or ``skip_epochs`` (leave out each model's first epochs, a burn-in)
-        rebuild the distributions from the log in one streaming pass.
+        of ``members``, ``skip_epochs`` (leave out each model's first epochs, a burn-in) or
+        ``samples`` (only these sample ids, in this order) rebuild the distributions from the
+        log in one streaming pass.
         """
         if self.n_epochs == 0:
             raise LTAUInputError("no epoch has been completed yet")
         live = self._accumulator
         rebin = n_bins is not None or spacing is not None or members is not None
-        rebin |= skip_epochs != 0
+        rebin |= skip_epochs != 0 or samples is not None
         if live is not None and not rebin and (bins is None or bins == live.bins):
             return ErrorDistributions(live.bins, live.counts.copy(), live.n_below, live.n_above)
         if self._log is None:
@@ -235,8 +276,29 @@ class ErrorRecorder:
             )
         self._log.flush()
         return _distributions_from_log(
-            self._log, bins, n_bins or 100, spacing or "log", members, skip_epochs, progress
+            self._log,
+            bins,
+            n_bins or 100,
+            spacing or "log",
+            members,
+            skip_epochs,
+            progress,
+            _checked_samples(samples, self.n_samples),
         )
+
+    def recorded_epochs(
+        self,
+        members: Sequence[int] | None = None,
+        skip_epochs: int = 0,
+        samples: Sequence[int] | np.ndarray | None = None,
+    ) -> np.ndarray:
+        """In how many of the selected epochs each sample (or each of ``samples``) was
+        recorded, ``(n,)`` int64 (see :meth:`distributions` for the selection)."""
+        if self._log is None:
+            raise LTAUInputError("recorded epochs are counted from the log: give a log_path")
+        self._log.flush()
+        ids = _checked_samples(samples, self.n_samples)
+        return _recorded_epochs(self._log, members, skip_epochs, ids)
 
     def close(self) -> None:
         """Close the log file (completed epochs are already on disk)."""
@@ -262,6 +324,8 @@ class ErrorLog:
                 self.n_samples = int(self._file.attrs["n_samples"])
                 self.n_epochs = _check_log(self._file, self.path)
                 self.members = self._file["member"][: self.n_epochs].astype(np.int64)
+                self.samples = _read_columns(self._file, self.n_samples, self.path)
+                self.provenance = _read_provenance(self._file, self.path)
         except BaseException:
             self._file.close()
             raise
@@ -306,12 +370,32 @@ class ErrorLog:
         members: Sequence[int] | None = None,
         skip_epochs: int = 0,
         progress: bool = False,
+        samples: Sequence[int] | np.ndarray | None = None,
     ) -> ErrorDistributions:
         """Build per-sample distributions in one streaming pass over the log, leaving out the
-        first ``skip_epochs`` of each model (a burn-in)."""
+        first ``skip_epochs`` of each model (a burn-in); ``samples``: only these sample ids,
+        in this order (e.g. the atoms a trainer trained on)."""
         return _distributions_from_log(
-            self._file, bins, n_bins, spacing, members, skip_epochs, progress
+            self._file,
+            bins,
+            n_bins,
+            spacing,
+            members,
+            skip_epochs,
+            progress,
+            _checked_samples(samples, self.n_samples),
         )
+
+    def recorded_epochs(
+        self,
+        members: Sequence[int] | None = None,
+        skip_epochs: int = 0,
+        samples: Sequence[int] | np.ndarray | None = None,
+    ) -> np.ndarray:
+        """In how many of the selected epochs each sample (or each of ``samples``) was
+        recorded, ``(n,)`` int64."""
+        ids = _checked_samples(samples, self.n_samples)
+        return _recorded_epochs(self._file, members, skip_epochs, ids)
 
     def close(self) -> None:
         self._file.close()
@@ -329,10 +413,21 @@ def _first_repeat(ids: np.ndarray) -> int:
     return int(values[np.argmax(counts > 1)])
 
 
-def _create_log(path: Path, n_samples: int) -> None:
+def _create_log(
+    path: Path,
+    n_samples: int,
+    samples: dict[str, np.ndarray] | None = None,
+    provenance: dict[str, object] | None = None,
+) -> None:
     with atomic_h5(path, LOG_FORMAT, libver="earliest") as handle:
         handle.attrs["n_samples"] = n_samples
         handle.attrs["n_complete"] = 0
+        if samples:
+            group = handle.create_group("samples")
+            for name, column in samples.items():
+                write_array(group, name, column)
+        if provenance is not None:
+            _write_provenance(handle, provenance)
         handle.create_dataset(
             "errors",
             shape=(0, n_samples),
@@ -468,6 +563,7 @@ def _distributions_from_log(
     members: Sequence[int] | None,
     skip_epochs: int,
     progress: bool,
+    samples: np.ndarray | None = None,
 ) -> ErrorDistributions:
     with reading(handle.filename):
         n_complete = int(handle.attrs["n_complete"])
@@ -487,10 +583,105 @@ def _distributions_from_log(
         bins = Bins.from_range(float(low), high, n_bins, spacing)
     with reading(handle.filename):
         n_samples = int(handle.attrs["n_samples"])
-    accumulator = HistogramAccumulator(bins, n_samples)
+    accumulator = HistogramAccumulator(bins, n_samples if samples is None else samples.size)
     rows_iter = _iter_rows(handle, rows)
     if progress:
         rows_iter = tqdm(rows_iter, total=rows.size, desc="building distributions", unit="epoch")
     for row in rows_iter:
-        _add_row(accumulator, row)
+        _add_row(accumulator, row if samples is None else row[samples])
     return accumulator.distributions()
+
+
+def _recorded_epochs(
+    handle: h5py.File,
+    members: Sequence[int] | None,
+    skip_epochs: int,
+    samples: np.ndarray | None,
+) -> np.ndarray:
+    rows = _select_rows(handle, members, skip_epochs)
+    counts = None
+    for row in _iter_rows(handle, rows):
+        recorded = ~np.isnan(row if samples is None else row[samples])
+        counts = recorded.astype(np.int64) if counts is None else counts + recorded
+    if counts is None:
+        with reading(handle.filename):
+            n = int(handle.attrs["n_samples"]) if samples is None else samples.size
+        return np.zeros(n, dtype=np.int64)
+    return counts
+
+
+def _checked_samples(
+    samples: Sequence[int] | np.ndarray | None, n_samples: int
+) -> np.ndarray | None:
+    """Sample ids as an int64 vector within ``[0, n_samples)``, without repeats."""
+    if samples is None:
+        return None
+    ids = as_index_vector(samples, n_samples, "samples")
+    if ids.size == 0:
+        raise LTAUInputError("samples must name at least one sample")
+    if np.unique(ids).size != ids.size:
+        raise LTAUInputError(f"samples repeats sample {_first_repeat(ids)}")
+    return ids
+
+
+def _checked_columns(
+    samples: Mapping[str, np.ndarray] | None, n_samples: int
+) -> dict[str, np.ndarray] | None:
+    """Named integer columns of length ``n_samples``, as int64 arrays."""
+    if samples is None:
+        return None
+    if not isinstance(samples, Mapping) or not samples:
+        raise LTAUInputError("samples must be a non-empty mapping of column name to array")
+    columns = {}
+    for name, values in samples.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise LTAUInputError(f"sample column names must be non-empty strings; got {name!r}")
+        array = np.asarray(values)
+        if array.shape != (n_samples,) or not np.issubdtype(array.dtype, np.integer):
+            raise LTAUInputError(
+                f"sample column {name!r} must hold {n_samples} integers; got dtype "
+                f"{array.dtype} and shape {array.shape}"
+            )
+        columns[name] = array.astype(np.int64)
+    return columns
+
+
+def _checked_provenance(provenance: Mapping[str, object] | None) -> dict[str, object] | None:
+    if provenance is None:
+        return None
+    if not isinstance(provenance, Mapping):
+        raise LTAUInputError(f"provenance must be a mapping; got {type(provenance).__name__}")
+    try:
+        return json.loads(json.dumps(dict(provenance), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise LTAUInputError(f"provenance must be JSON-serialisable: {exc}") from exc
+
+
+def _write_provenance(handle: h5py.File, provenance: dict[str, object]) -> None:
+    group = handle.require_group("provenance")
+    group.attrs["json"] = json.dumps(provenance, sort_keys=True)
+    sign_attributes(group, ["json"])
+
+
+def _read_columns(handle: h5py.File, n_samples: int, source: Path) -> dict[str, np.ndarray]:
+    if "samples" not in handle:
+        return {}
+    group = handle["samples"]
+    columns = {name: read_array(group, name, source) for name in sorted(group)}
+    for name, column in columns.items():
+        if column.shape != (n_samples,):
+            raise LTAUFileError(f"{source}: samples/{name} does not have {n_samples} entries")
+    return columns
+
+
+def _read_provenance(handle: h5py.File, source: Path) -> dict[str, object]:
+    if "provenance" not in handle:
+        return {}
+    text = read_attributes(handle["provenance"], ["json"], source)["json"]
+    try:
+        provenance = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise LTAUFileError(f"{source}: its provenance is not valid JSON ({exc})") from exc
+    if not isinstance(provenance, dict):
+        raise LTAUFileError(f"{source}: its provenance is not a JSON object")
+    return provenance

@@ -9,6 +9,10 @@ Index kinds and their parameters (every one is applied; unknown names are an err
   quantiser). ``nlist`` (cells, 256), ``m`` (sub-quantisers; must divide the descriptor size,
   8), ``nbits`` (bits per code, 8), ``nprobe`` (cells visited per query, 16).
 
+With faiss-gpu installed and a GPU present, :meth:`NeighborIndex.use_gpu` moves the search of
+an ``exact`` or ``ivfpq`` index to the GPU (FAISS has no GPU HNSW); the CPU index stays the one
+that is saved.
+
 Distances returned are Euclidean (the square root of FAISS's squared L2). An approximate index
 may find fewer than k neighbours for a query; those slots have index -1 and distance inf.
 """
@@ -38,6 +42,7 @@ class NeighborIndex:
     kind: str = "exact"
     params: dict[str, int] = field(default_factory=dict)
     _index: Any = field(default=None, init=False, repr=False)
+    _gpu_index: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_DEFAULTS:
@@ -106,11 +111,32 @@ class NeighborIndex:
             raise LTAUInputError(
                 f"query descriptors have {data.shape[1]} features; the index was built on {self.dim}"
             )
-        squared, indices = self._index.search(data, k)
+        searcher = self._gpu_index if self._gpu_index is not None else self._index
+        squared, indices = searcher.search(data, k)
         missing = indices < 0
         distances = np.sqrt(np.maximum(squared, 0.0))
         distances[missing] = np.inf
         return distances, indices
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether searches run on the GPU (see :meth:`use_gpu`)."""
+        return self._gpu_index is not None
+
+    def use_gpu(self) -> NeighborIndex:
+        """Search on every visible GPU from now on (faiss-gpu needed); returns ``self``."""
+        self._require_built()
+        if not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
+            raise LTAUInputError(
+                "a GPU index needs faiss-gpu and a visible GPU; this FAISS sees "
+                f"{faiss.get_num_gpus() if hasattr(faiss, 'get_num_gpus') else 0} GPUs "
+                "(faiss-cpu searches on the CPU)"
+            )
+        if self.kind == "hnsw":
+            raise LTAUInputError("FAISS has no GPU HNSW index: use the exact or ivfpq index")
+        self._gpu_index = faiss.index_cpu_to_all_gpus(self._index)
+        self._apply_search_params()
+        return self
 
     def serialize(self) -> np.ndarray:
         """The index as a uint8 array (FAISS's own serialisation, no pickle)."""
@@ -132,7 +158,9 @@ class NeighborIndex:
         if self.kind == "hnsw":
             self._index.hnsw.efSearch = self.params["ef_search"]
         elif self.kind == "ivfpq":
-            self._index.nprobe = self.params["nprobe"]
+            for index in (self._index, self._gpu_index):
+                if index is not None:
+                    index.nprobe = self.params["nprobe"]
 
     def _require_built(self) -> None:
         if self._index is None:

@@ -12,6 +12,7 @@ the default :class:`RepeatedGroupFolds`.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -33,6 +34,8 @@ CV_FOLDS = 2
 CV_REPEATS = 5
 """Cross-validation is repeated with this many shuffles of the folds, to steady the choice."""
 CV_SEED = 0
+
+logger = logging.getLogger(__name__)
 
 
 class Splitter(Protocol):
@@ -105,27 +108,37 @@ def burn_in_candidates(
     n_bins: int = 100,
     members: Sequence[int] | None = None,
     progress: bool = False,
+    samples: Sequence[int] | np.ndarray | None = None,
 ) -> dict[int, ErrorDistributions]:
     """Per-sample distributions that leave out each model's first epochs, for every fraction
     in :data:`BURN_IN_FRACTIONS` (of the epochs of the model with fewest), all on the
     log-spaced bins of the whole log: ``{epochs skipped per model: distributions}``.
 
     ``source``: a recorder with a log file, or an open log; ``members``: the models whose
-    epochs are pooled (default: all).
+    epochs are pooled (default: all); ``samples``: only these sample ids (e.g. the atoms a
+    trainer trained on; default all). A burn-in after which one of them has no recorded epoch
+    left (a trainer that drops a last partial batch skips a few configurations each epoch) is
+    not a candidate.
     """
     epochs = source.epochs_by_member
     chosen = epochs if members is None else {m: epochs.get(m, 0) for m in members}
     n_epochs = min(chosen.values(), default=0)
     if n_epochs == 0:
         raise LTAUInputError("the error log holds no completed epoch for these models")
-    whole = source.distributions(n_bins=n_bins, spacing="log", members=members, progress=progress)
+    whole = source.distributions(
+        n_bins=n_bins, spacing="log", members=members, progress=progress, samples=samples
+    )
     candidates = {0: whole}
     for fraction in BURN_IN_FRACTIONS:
         skip = int(fraction * n_epochs)
-        if skip not in candidates:
-            candidates[skip] = source.distributions(
-                whole.bins, members=members, skip_epochs=skip, progress=progress
-            )
+        if skip in candidates:
+            continue
+        if samples is not None and not source.recorded_epochs(members, skip, samples).all():
+            logger.info("burn-in %d leaves some samples without a recorded epoch: skipped", skip)
+            continue
+        candidates[skip] = source.distributions(
+            whole.bins, members=members, skip_epochs=skip, progress=progress, samples=samples
+        )
     return candidates
 
 

@@ -3,7 +3,8 @@
 A framework integration subclasses :class:`LTAUCalculatorBase` and implements only
 :meth:`~LTAUCalculatorBase.evaluate_model` (one forward pass: energy, forces, optional stress and
 the per-atom descriptors) and :attr:`~LTAUCalculatorBase.descriptor_size`. The base class checks
-the estimator against the model, turns the descriptors into LTAU's per-atom results and fills
+the estimator against the model (descriptor width, and the fingerprint of the model's weights
+when the estimator records one), turns the descriptors into LTAU's per-atom results and fills
 ``results``:
 
 * ``ltau_expected_force_error`` (eV/Å): expected force-error norm of each atom,
@@ -75,8 +76,22 @@ class LTAUCalculatorBase(Calculator):
                 f"the estimator was fitted on {estimator.n_features_in_}-dimensional descriptors "
                 f"but this model gives {self.descriptor_size}"
             )
+        expected = (getattr(estimator, "metadata_", None) or {}).get("model_sha256")
+        found = self.model_fingerprint
+        if expected and found and expected != found:
+            raise LTAUInputError(
+                "the estimator was fitted on the descriptors of another model: it records "
+                f"model SHA-256 {str(expected)[:16]}..., this model's weights give "
+                f"{found[:16]}..."
+            )
         self.estimator = estimator
         self.atol = atol
+
+    @property
+    def model_fingerprint(self) -> str | None:
+        """SHA-256 of the model's weights, checked against the estimator's ``model_sha256``
+        metadata when both are known (None: the integration does not say)."""
+        return None
 
     @property
     def descriptor_size(self) -> int:

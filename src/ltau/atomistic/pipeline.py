@@ -133,6 +133,8 @@ def run_pipeline(
     n_bins: int = 100,
     group_keys: Sequence[str] = VALIDATION_GROUP_KEYS,
     started: float | None = None,
+    samples: np.ndarray | None = None,
+    model_facts: dict | None = None,
 ) -> dict:
     """The model-agnostic half of LTAU-FF, for any force field trained on ``fit_set`` with its
     per-atom errors recorded in ``errors`` (a recorder with a log file, or an open log; one
@@ -148,18 +150,23 @@ def run_pipeline(
     the caller knows (timings, settings) and is reported after the split sizes and the epochs
     and models read from the log; ``group_keys`` name the runs that the validation split and
     cross-validation keep whole (:func:`run_groups`); ``started`` is the
-    ``time.perf_counter()`` at the start of the run (default: now), for ``wall_seconds``.
+    ``time.perf_counter()`` at the start of the run (default: now), for ``wall_seconds``;
+    ``samples``: the log sample of every ``fit_set`` atom ``(fit_set.n_atoms,)``, when the log
+    holds more (a trainer's log of its whole training file; default: all samples, in order);
+    ``model_facts`` (e.g. ``model_sha256``, the fingerprint of the model's weights, which the
+    calculators check) are stored with the estimator.
     """
     started = time.perf_counter() if started is None else started
     check_in_domain(tests, in_domain)
-    if errors.n_samples != fit_set.n_atoms:
+    n_samples = errors.n_samples if samples is None else len(samples)
+    if n_samples != fit_set.n_atoms:
         raise LTAUInputError(
-            f"the error log has {errors.n_samples} samples but the training structures have "
+            f"the error log has {n_samples} samples for the training structures' "
             f"{fit_set.n_atoms} atoms"
         )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    candidates = burn_in_candidates(errors, n_bins=n_bins, progress=True)
+    candidates = burn_in_candidates(errors, n_bins=n_bins, progress=True, samples=samples)
     epochs = errors.epochs_by_member
     training = {
         "n_fit_configs": len(fit_set.atoms),
@@ -189,6 +196,7 @@ def run_pipeline(
             "model": "model.pt",
             "atol_eV_per_A": atol,
             "skip_epochs": selection["skip_epochs"],
+            **(model_facts or {}),
         },
     )
     results, sets = _evaluate_tests(evaluate, estimator, tests, atol, in_domain)

@@ -13,10 +13,34 @@ import sys
 from collections.abc import Sequence
 
 from ltau._version import __version__
-from ltau.cli import calibrate, demo, describe, distributions, dynamics, fit, predict, relax
+from ltau.cli import (
+    calibrate,
+    demo,
+    describe,
+    descriptors,
+    distributions,
+    dynamics,
+    fit,
+    mace_train,
+    predict,
+    relax,
+    run,
+)
 from ltau.exceptions import LTAUFileError, LTAUInputError
 
-SUBCOMMANDS = (distributions, fit, calibrate, predict, describe, dynamics, demo, relax)
+SUBCOMMANDS = (
+    demo,
+    mace_train,
+    run,
+    descriptors,
+    distributions,
+    fit,
+    calibrate,
+    predict,
+    describe,
+    dynamics,
+    relax,
+)
 """Subcommand modules, in the order ``ltau --help`` lists them."""
 
 DESCRIPTION = """\

@@ -25,6 +25,29 @@ def load_npy(path: Path) -> np.ndarray:
     return array
 
 
+def load_descriptors(path: Path, expected_model: str | None = None) -> np.ndarray:
+    """Query descriptors from a .npy array or the .npz of ``ltau descriptors``; the latter's
+    model fingerprint must equal ``expected_model`` (the estimator's) when both are known."""
+    if path.suffix.lower() != ".npz":
+        return load_npy(path)
+    if not path.exists():
+        raise LTAUFileError(f"{path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            descriptors = archive["descriptors"]
+            found = str(archive["model_sha256"]) if "model_sha256" in archive else None
+    except (ValueError, OSError, EOFError, KeyError) as exc:
+        raise LTAUFileError(
+            f"{path} is not a descriptors archive of 'ltau descriptors': {exc}"
+        ) from exc
+    if expected_model and found and expected_model != found:
+        raise LTAUInputError(
+            f"{path} holds descriptors of another model (SHA-256 {found[:16]}...) than the "
+            f"estimator was fitted on ({expected_model[:16]}...)"
+        )
+    return descriptors
+
+
 def write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
     """Write named columns of equal length as a CSV file with a header row, atomically."""
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:

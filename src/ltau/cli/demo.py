@@ -53,6 +53,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--models", type=int, default=1, help="train M models (seeds) and pool their errors"
     )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (cpu)")
     parser.add_argument(
         "--dataset", choices=("friedman", "diabetes"), default="friedman", help="tabular task only"
     )
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace) -> None:
         calibration=args.calibration,
         seed=args.seed,
         n_models=args.models,
+        device=args.device,
         validation_group_keys=tuple(args.group_key or VALIDATION_GROUP_KEYS),
         in_domain=args.in_domain or (next(iter(tests)) if tests else "test_in_domain"),
     )

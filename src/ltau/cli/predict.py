@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ltau._io import atomic_path, check_output_path
-from ltau.cli._common import load_npy, write_csv
+from ltau.cli._common import load_descriptors, load_npy, write_csv
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
 
@@ -26,7 +26,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "and interval. .csv and .npy (structured array) hold the columns; .npz also the PDF.",
     )
     parser.add_argument("estimator", type=Path, help="estimator file written by 'ltau fit'")
-    parser.add_argument("--descriptors", type=Path, required=True, help="(n_queries, dim) .npy")
+    parser.add_argument(
+        "--descriptors",
+        type=Path,
+        required=True,
+        help="(n_queries, dim) .npy, or the .npz of 'ltau descriptors' (its model fingerprint "
+        "is checked against the estimator's)",
+    )
     parser.add_argument(
         "--groups", type=Path, help="(n_queries,) integer group labels .npy (e.g. structures)"
     )
@@ -48,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
     check_output_path(args.output)
     estimator = LTAUEstimator.load(args.estimator)
     prediction = estimator.predict(
-        load_npy(args.descriptors),
+        load_descriptors(args.descriptors, estimator.metadata_.get("model_sha256")),
         groups=load_npy(args.groups) if args.groups else None,
         atol=args.atol,
         quantiles=args.quantiles,

@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ltau._io import atomic_path
+from ltau.cli._models import add_model_options, load_model
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUFileError, LTAUInputError
 
@@ -22,14 +23,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "relax",
         help="relax structures with a trained model, recording per-atom uncertainty per step",
         description="Relax every structure of a file (anything ASE reads; FixAtoms constraints "
-        "are kept) with a MACE model and its LTAU estimator. Writes one extxyz trajectory per "
+        "are kept) with a model (any kind 'ltau run' takes) and its LTAU estimator. Writes one extxyz trajectory per "
         "structure (relax_0000.xyz, ...; every step with the model's energy and forces and "
         "per-atom ltau_expected_force_error, ltau_p_exceed, ltau_ood_score) and summary.csv. "
         "A --stop-* rule ends a relaxation when the largest value over the moving atoms "
         "exceeds its threshold.",
     )
     parser.add_argument("structures", type=Path, help="initial structures (e.g. extxyz)")
-    parser.add_argument("--model", type=Path, required=True, help="model.pt (e.g. of ltau demo)")
+    add_model_options(parser)
     parser.add_argument("--estimator", type=Path, required=True, help="estimator.h5")
     parser.add_argument("-o", "--output-dir", type=Path, required=True)
     parser.add_argument("--optimizer", default="FIRE", help="ASE optimizer name (FIRE)")
@@ -54,7 +55,6 @@ def run(args: argparse.Namespace) -> None:
     """Relax every structure and write trajectories and a summary."""
     try:
         import ase.io
-        from ase.data import chemical_symbols
 
         from ltau.atomistic.relaxation import (
             QUANTITIES,
@@ -62,10 +62,9 @@ def run(args: argparse.Namespace) -> None:
             check_stop_thresholds,
             relax,
         )
-        from ltau.integrations.mace import LTAUCalculator, TrainedMACE
     except ImportError as exc:
         raise LTAUInputError(
-            f"relax needs the 'mace' extra (pip install 'ltau[mace]'): {exc}"
+            f"relax needs ASE (the 'mace' extra: pip install 'ltau[mace]'): {exc}"
         ) from exc
     check_settings(args.optimizer, args.fmax, args.steps)
     stop = check_stop_thresholds(
@@ -75,7 +74,7 @@ def run(args: argparse.Namespace) -> None:
             if getattr(args, f"stop_{name}") is not None
         }
     )
-    trained = TrainedMACE.load(args.model)
+    forcefield = load_model(args)
     estimator = LTAUEstimator.load(args.estimator)
     atol = args.atol if args.atol is not None else estimator.metadata_.get("atol_eV_per_A")
     if atol is None:
@@ -88,7 +87,7 @@ def run(args: argparse.Namespace) -> None:
         raise LTAUFileError(f"{args.structures} could not be read as structures: {exc}") from exc
     if not initial:
         raise LTAUInputError(f"{args.structures} holds no structures")
-    known = {chemical_symbols[z] for z in trained.atomic_numbers}
+    known = set(forcefield.elements)
     for position, atoms in enumerate(initial):
         unknown = sorted(set(atoms.get_chemical_symbols()) - known)
         if unknown:
@@ -96,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
                 f"structure {position} has element(s) {', '.join(unknown)} that the model was "
                 "not trained on"
             )
-    calculator = LTAUCalculator(trained, estimator, atol=float(atol))
+    calculator = forcefield.calculator(estimator, atol=float(atol))
     if args.output_dir.is_file():
         raise LTAUFileError(f"{args.output_dir} is a file, not a directory")
     args.output_dir.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,8 @@ class PipelineConfig:
     n_models: int = 1
     """Models trained with seeds ``seed, seed + 1, ...``; their error trajectories are pooled
     per atom, and the first model gives the forces and descriptors."""
+    device: str = "cpu"
+    """Torch device the models train and run on."""
 
 
 def run_forcefield_pipeline(
@@ -81,6 +83,7 @@ def run_forcefield_pipeline(
                 isolated_atom_energies=isolated_atom_energies,
                 recorder=recorder,
                 member=member,
+                device=config.device,
             )
             for member in range(config.n_models)
         ]

@@ -54,6 +54,7 @@ from ltau.atomistic.calculator import LTAUCalculatorBase, ModelOutput
 from ltau.atomistic.structures import ForceFieldEvaluation, LabelledStructures
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.integrations.model_files import state_fingerprint
 
 R_MAX_KEY = "r_max"
 TYPE_NAMES_KEY = "type_names"
@@ -186,6 +187,11 @@ class DeployedModel:
                 probe = Atoms([symbol, symbol], positions=[[0, 0, 0], [0, 0, self.r_max / 2]])
                 self._descriptor_size = self.forward([probe]).descriptors.shape[1]
         return self._descriptor_size
+
+    @property
+    def symbols(self) -> list[str]:
+        """The chemical symbols (or type names) the model accepts."""
+        return list(self._type_of_symbol)
 
     def type_indices(self, symbols: Sequence[str]) -> np.ndarray:
         """The model's type index of each chemical symbol, int64 ``(n,)``."""
@@ -337,6 +343,10 @@ class LTAUCalculator(LTAUCalculatorBase):
     @property
     def descriptor_size(self) -> int:
         return self.model.descriptor_size
+
+    @property
+    def model_fingerprint(self) -> str:
+        return state_fingerprint(self.model.module)
 
     def evaluate_model(self, atoms: Atoms, compute_stress: bool) -> ModelOutput:
         output = self.model.forward([atoms])

@@ -11,6 +11,11 @@ Atoms are numbered in order: configuration 0's atoms first, then configuration 1
 (scalar) part of MACE's node features from every interaction layer, as
 ``mace.modules.utils.extract_invariant`` defines them.
 
+Models written by mace itself (``mace_run_train``'s ``*.model`` files, fine-tuned or not) are
+served by :meth:`TrainedMACE.from_file`, loaded without letting the file run code (see
+:mod:`ltau.integrations.model_files`). ``device`` (``"cpu"``, ``"cuda"``, ...) places the model
+and its batches; results always come back as NumPy arrays.
+
 ``import mace`` must come before anything imports e3nn, so this module imports it first.
 """
 
@@ -37,8 +42,9 @@ from ltau._checks import positive_number
 from ltau.atomistic.calculator import LTAUCalculatorBase, ModelOutput
 from ltau.atomistic.structures import ForceFieldEvaluation, LabelledStructures
 from ltau.estimator import LTAUEstimator
-from ltau.exceptions import LTAUInputError
-from ltau.integrations._trained import TrainingTimes, read_model_file
+from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.integrations._trained import TrainingTimes
+from ltau.integrations.model_files import load_pickled_model, state_fingerprint
 from ltau.recording import ErrorRecorder
 
 _ENERGY, _FORCES = "ltau_REF_energy", "ltau_REF_forces"
@@ -73,32 +79,96 @@ class MACESettings:
 
 @dataclass
 class TrainedMACE(TrainingTimes):
-    """A trained model with what is needed to evaluate it, and the training timings."""
+    """A MACE model with what is needed to evaluate it (cutoff and dtype in ``settings``, its
+    elements, the head to read for a multihead model, the device), and the training timings
+    when ltau trained it."""
 
     model: torch.nn.Module
     settings: MACESettings
     atomic_numbers: list[int]
     epoch_seconds: list[float] = field(default_factory=list)
     logging_seconds: list[float] = field(default_factory=list)
+    head: str | None = None
+    device: str = "cpu"
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the model's parameters and buffers (see
+        :func:`~ltau.integrations.model_files.state_fingerprint`)."""
+        return state_fingerprint(self.model)
 
     def save(self, path: str | os.PathLike) -> None:
         """Save the model (torch's format, as mace does) and its settings."""
-        torch.save(
-            {"model": self.model, "settings": asdict(self), "format": "ltau-mace-model"}, path
-        )
+        stored = asdict(self)
+        stored.pop("model")
+        torch.save({"model": self.model, "settings": stored, "format": "ltau-mace-model"}, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> TrainedMACE:
-        """Load a model saved by :meth:`save` (a trusted file: torch unpickles it)."""
-        payload = read_model_file(path, "ltau-mace-model", "TrainedMACE.save")
+    def load(
+        cls, path: str | os.PathLike, *, device: str = "cpu", trusted: bool = False
+    ) -> TrainedMACE:
+        """Load a model saved by :meth:`save` (unpickled with the allowlist of
+        :func:`~ltau.integrations.model_files.load_pickled_model` unless ``trusted``)."""
+        payload = load_pickled_model(path, device=device, trusted=trusted)
+        if not isinstance(payload, dict) or payload.get("format") != "ltau-mace-model":
+            raise LTAUFileError(f"{path} was not written by TrainedMACE.save")
         stored = payload["settings"]
         return cls(
-            model=payload["model"],
+            model=payload["model"].to(device).eval(),
             settings=MACESettings(**stored["settings"]),
             atomic_numbers=list(stored["atomic_numbers"]),
             epoch_seconds=list(stored["epoch_seconds"]),
             logging_seconds=list(stored["logging_seconds"]),
+            head=stored.get("head"),
+            device=device,
         )
+
+    @classmethod
+    def from_model(
+        cls, model: torch.nn.Module, *, head: str | None = None, device: str = "cpu"
+    ) -> TrainedMACE:
+        """Serve a mace model module (e.g. of a ``mace_run_train`` file): its cutoff, elements
+        and dtype come from the model; ``head`` names the head to read (default: the last
+        head other than mace's replay head ``pt_head``, i.e. the fine-tuning head of a
+        multihead model)."""
+        for attribute in ("r_max", "atomic_numbers", "num_interactions", "products"):
+            if not hasattr(model, attribute):
+                raise LTAUFileError(f"the model is not a mace model (it has no {attribute})")
+        heads = list(getattr(model, "heads", None) or ["Default"])
+        if head is not None and head not in heads:
+            raise LTAUInputError(f"the model has no head {head!r}; its heads are {heads}")
+        dtype = next(model.parameters()).dtype
+        settings = MACESettings(r_max=float(model.r_max), dtype=str(dtype).split(".")[-1])
+        return cls(
+            model=model.to(device).eval(),
+            settings=settings,
+            atomic_numbers=[int(z) for z in model.atomic_numbers.tolist()],
+            head=head if head is not None else [h for h in heads if h != "pt_head"][-1],
+            device=device,
+        )
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike,
+        *,
+        head: str | None = None,
+        device: str = "cpu",
+        trusted: bool = False,
+    ) -> TrainedMACE:
+        """A ``.model`` file written by ``mace_run_train`` (a pickled module) or by
+        :meth:`save`, loaded without running code unless ``trusted``."""
+        payload = load_pickled_model(path, device=device, trusted=trusted)
+        if isinstance(payload, dict) and payload.get("format") == "ltau-mace-model":
+            return cls.load(path, device=device, trusted=trusted)
+        if not isinstance(payload, torch.nn.Module):
+            raise LTAUFileError(f"{path} holds a {type(payload).__name__}, not a mace model")
+        return cls.from_model(payload, head=head, device=device)
+
+    @property
+    def heads(self) -> list[str]:
+        """The model's heads (``["Default"]`` for a single-head model)."""
+        return list(getattr(self.model, "heads", None) or ["Default"])
 
 
 @contextlib.contextmanager
@@ -122,8 +192,10 @@ def train_mace(
     member: int = 0,
     config_weights: np.ndarray | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> TrainedMACE:
-    """Train a MACE model, recording every training atom's force error at every epoch.
+    """Train a MACE model on ``device``, recording every training atom's force error at every
+    epoch.
 
     ``isolated_atom_energies``: E0s by atomic number (eV); without them they are fitted by
     least squares on the training energies. ``recorder`` must have one sample per training
@@ -152,7 +224,7 @@ def train_mace(
             dataset, batch_size=settings.batch_size, shuffle=True, generator=generator
         )
         e0s = _atomic_energies(structures, z_table, isolated_atom_energies)
-        model = _build_model(settings, z_table, e0s, loader)
+        model = _build_model(settings, z_table, e0s, loader).to(device)
         loss_function = mace_modules.WeightedEnergyForcesLoss(
             energy_weight=settings.energy_weight, forces_weight=settings.forces_weight
         )
@@ -161,11 +233,12 @@ def train_mace(
             model,
             multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(settings.ema_decay),
         )
-        trained = TrainedMACE(model, settings, list(z_table.zs))
+        trained = TrainedMACE(model, settings, list(z_table.zs), device=device)
         for _ in tqdm(range(epochs), desc="training MACE", unit="epoch", disable=not progress):
             started, logging = time.perf_counter(), 0.0
             model.train()
             for batch in loader:
+                batch = batch.to(device)
                 output = model(batch.to_dict(), training=True)
                 loss = loss_function(pred=output, ref=batch)
                 optimizer.zero_grad()
@@ -175,7 +248,7 @@ def train_mace(
                 if recorder is not None:
                     logged = time.perf_counter()
                     errors = torch.linalg.vector_norm(output["forces"] - batch.forces, dim=1)
-                    recorder.record(batch.atom_ids.numpy(), errors.detach().numpy())
+                    recorder.record(batch.atom_ids.cpu().numpy(), errors.detach().cpu().numpy())
                     logging += time.perf_counter() - logged
             if recorder is not None:
                 logged = time.perf_counter()
@@ -202,12 +275,15 @@ def evaluate_mace(
     _check_elements(structures.atomic_numbers, z_table)
     energies, forces, descriptors = [], [], []
     with default_dtype(trained.settings.dtype):
-        dataset = _atomic_data(structures, z_table, trained.settings.r_max)
+        dataset = _atomic_data(
+            structures, z_table, trained.settings.r_max, heads=trained.heads, head=trained.head
+        )
         loader = torch_geometric.dataloader.DataLoader(dataset, batch_size=batch_size)
         for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress):
+            batch = batch.to(trained.device)
             output = model(batch.to_dict(), training=False, compute_force=True)
-            energies.append(output["energy"].detach().numpy())
-            forces.append(output["forces"].detach().numpy())
+            energies.append(output["energy"].detach().cpu().numpy())
+            forces.append(output["forces"].detach().cpu().numpy())
             descriptors.append(invariant_descriptors(model, output["node_feats"]))
     return ForceFieldEvaluation.from_batches(structures, energies, forces, descriptors)
 
@@ -222,7 +298,7 @@ def invariant_descriptors(model: torch.nn.Module, node_feats: torch.Tensor) -> n
         num_features=irreps_out.dim // (l_max + 1) ** 2,
         l_max=l_max,
     )
-    return invariant.detach().numpy().astype(np.float32)
+    return invariant.detach().cpu().numpy().astype(np.float32)
 
 
 class LTAUCalculator(LTAUCalculatorBase):
@@ -243,23 +319,32 @@ class LTAUCalculator(LTAUCalculatorBase):
     def descriptor_size(self) -> int:
         return _descriptor_size(self.trained.model)
 
+    @property
+    def model_fingerprint(self) -> str:
+        return self.trained.fingerprint
+
     def evaluate_model(self, atoms: Atoms, compute_stress: bool) -> ModelOutput:
         _check_elements(atoms.numbers, self._z_table)
         with default_dtype(self.trained.settings.dtype):
             config = mace_data.config_from_atoms(atoms, key_specification=_KEYS)
+            config.head = self.trained.head or config.head
             data = mace_data.AtomicData.from_config(
-                config, z_table=self._z_table, cutoff=self.trained.settings.r_max
+                config,
+                z_table=self._z_table,
+                cutoff=self.trained.settings.r_max,
+                heads=self.trained.heads,
             )
             batch = next(iter(torch_geometric.dataloader.DataLoader([data], batch_size=1)))
+            batch = batch.to(self.trained.device)
             output = self.trained.model(
                 batch.to_dict(), training=False, compute_force=True, compute_stress=compute_stress
             )
         stress = output.get("stress") if compute_stress else None
         return ModelOutput(
             energy=float(output["energy"].detach()[0]),
-            forces=output["forces"].detach().numpy(),
+            forces=output["forces"].detach().cpu().numpy(),
             descriptors=invariant_descriptors(self.trained.model, output["node_feats"]),
-            stress=None if stress is None else stress.detach().numpy()[0],
+            stress=None if stress is None else stress.detach().cpu().numpy()[0],
         )
 
 
@@ -293,9 +378,13 @@ def _atomic_data(
     z_table: AtomicNumberTable,
     r_max: float,
     config_weights: np.ndarray | None = None,
+    *,
+    heads: list[str] | None = None,
+    head: str | None = None,
 ) -> list:
     """One mace ``AtomicData`` per configuration, carrying its atoms' global ``atom_ids``
-    (and, if given, its loss weight as mace's ``config_weight``)."""
+    (and, if given, its loss weight as mace's ``config_weight``), read by ``head`` of
+    ``heads`` (mace's default head when None)."""
     dataset = []
     for index, atoms in enumerate(structures.atoms):
         labelled = atoms.copy()
@@ -307,7 +396,8 @@ def _atomic_data(
         if structures.forces is not None:
             labelled.arrays[_FORCES] = structures.forces_of(index)
         config = mace_data.config_from_atoms(labelled, key_specification=_KEYS)
-        data = mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=r_max)
+        config.head = head or config.head
+        data = mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=r_max, heads=heads)
         start = int(structures.index.offsets[index])
         data.atom_ids = torch.arange(start, start + len(atoms))
         dataset.append(data)
