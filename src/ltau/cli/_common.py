@@ -1,7 +1,9 @@
-"""Helpers shared by the subcommands: numeric .npy input, CSV output, NAME=VALUE pairs."""
+"""Helpers shared by the subcommands: test-set options, numeric .npy input, CSV output,
+NAME=VALUE pairs."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +12,20 @@ import numpy as np
 
 from ltau._io import atomic_path
 from ltau.exceptions import LTAUFileError, LTAUInputError
+
+
+def add_test_set_options(parser: argparse.ArgumentParser) -> None:
+    """``--test NAME=PATH`` (repeatable), ``--in-domain`` and the label keys of extxyz files."""
+    parser.add_argument(
+        "--test",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="test extxyz, repeatable; sets without forces get OOD scores only",
+    )
+    parser.add_argument("--in-domain", help="name of the in-domain test set (default: the first)")
+    parser.add_argument("--energy-key", default="REF_energy", help="info key of energies")
+    parser.add_argument("--forces-key", default="REF_forces", help="arrays key of forces")
 
 
 def load_npy(path: Path) -> np.ndarray:

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from ltau.calibration import CALIBRATION_METHODS
-from ltau.cli._common import pairs
+from ltau.cli._common import add_test_set_options, pairs
 from ltau.exceptions import LTAUInputError
 
 logger = logging.getLogger(__name__)
@@ -31,16 +31,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, help="training epochs (forcefield 40, tabular 300)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train", type=Path, help="training extxyz (default: built-in EMT data)")
-    parser.add_argument(
-        "--test",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="test extxyz, repeatable; sets without forces get OOD scores only",
-    )
-    parser.add_argument("--in-domain", help="name of the in-domain test set (default: the first)")
-    parser.add_argument("--energy-key", default="REF_energy", help="info key of energies")
-    parser.add_argument("--forces-key", default="REF_forces", help="arrays key of forces")
+    add_test_set_options(parser)
     parser.add_argument("--isolated-atoms", type=Path, help="extxyz of isolated atoms (E0s)")
     parser.add_argument("--calibration", choices=tuple(CALIBRATION_METHODS), default="isotonic")
     parser.add_argument(

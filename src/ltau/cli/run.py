@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ltau.cli._common import pairs
+from ltau.cli._common import add_test_set_options, pairs
 from ltau.cli._models import add_model_options, load_model
 from ltau.exceptions import LTAUInputError
 
@@ -25,17 +25,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_model_options(parser)
     parser.add_argument("--log", type=Path, required=True, help="the trainer's error log (.h5)")
     parser.add_argument("--train", type=Path, required=True, help="the training extxyz file")
-    parser.add_argument(
-        "--test",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="test extxyz, repeatable; sets without forces get OOD scores only",
-    )
-    parser.add_argument("--in-domain", help="name of the in-domain test set (default: the first)")
+    add_test_set_options(parser)
     parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--energy-key", default="REF_energy", help="info key of energies")
-    parser.add_argument("--forces-key", default="REF_forces", help="arrays key of forces")
     parser.add_argument("--calibration", choices=("isotonic", "scale"), default="isotonic")
     parser.set_defaults(handler=run)
 
