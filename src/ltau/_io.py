@@ -118,10 +118,37 @@ def open_checked(path: str | os.PathLike, file_format: str, mode: str = "r") -> 
                 f"{source} has {file_format} format version {version}; this ltau reads up to "
                 f"version {supported} (upgrade ltau to read it)"
             )
+        refuse_outside_storage(handle, source)
     except BaseException:
         handle.close()
         raise
     return handle
+
+
+def refuse_outside_storage(handle: h5py.File, source: str | os.PathLike) -> None:
+    """Refuse a file whose objects live outside it: soft or external links, virtual datasets,
+    or datasets in external raw files. ltau never writes these; following them would read
+    other files (a FIFO among them hangs the reader)."""
+    problems: list[str] = []
+
+    def note(name: str, link: h5py.HardLink | h5py.SoftLink | h5py.ExternalLink) -> None:
+        # Raising inside HDF5's iteration is not safe: collect, then raise after it.
+        if not isinstance(link, h5py.HardLink):
+            problems.append(f"{name} is a {type(link).__name__}, which points outside the file")
+            return
+        item = handle.get(name)
+        if isinstance(item, h5py.Dataset) and (item.is_virtual or item.external):
+            problems.append(f"the dataset {name} keeps its data outside the file")
+
+    try:
+        handle.visititems_links(note)
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise LTAUFileError(f"{source}: the file's structure is corrupted ({exc})") from exc
+    if problems:
+        raise LTAUFileError(
+            f"{source}: {problems[0]} (virtual, external or linked storage); ltau files hold "
+            "their data themselves"
+        )
 
 
 def file_format(path: str | os.PathLike) -> str:
