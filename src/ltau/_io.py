@@ -129,26 +129,32 @@ def refuse_outside_storage(handle: h5py.File, source: str | os.PathLike) -> None
     """Refuse a file whose objects live outside it: soft or external links, virtual datasets,
     or datasets in external raw files. ltau never writes these; following them would read
     other files (a FIFO among them hangs the reader)."""
-    problems: list[str] = []
+    outside: list[str] = []
+    damaged: list[str] = []
 
     def note(name: str, link: h5py.HardLink | h5py.SoftLink | h5py.ExternalLink) -> None:
-        # Raising inside HDF5's iteration is not safe: collect, then raise after it.
+        # Nothing may raise inside HDF5's iteration: collect, then raise after it.
         if not isinstance(link, h5py.HardLink):
-            problems.append(f"{name} is a {type(link).__name__}, which points outside the file")
+            outside.append(f"{name} is a {type(link).__name__}, which points outside the file")
             return
-        item = handle.get(name)
-        if isinstance(item, h5py.Dataset) and (item.is_virtual or item.external):
-            problems.append(f"the dataset {name} keeps its data outside the file")
+        try:
+            item = handle.get(name)
+            if isinstance(item, h5py.Dataset) and (item.is_virtual or item.external):
+                outside.append(f"the dataset {name} keeps its data outside the file")
+        except Exception as exc:  # reported below as damage
+            damaged.append(f"{name} ({exc})")
 
     try:
         handle.visititems_links(note)
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError, SystemError) as exc:
         raise LTAUFileError(f"{source}: the file's structure is corrupted ({exc})") from exc
-    if problems:
+    if outside:
         raise LTAUFileError(
-            f"{source}: {problems[0]} (virtual, external or linked storage); ltau files hold "
+            f"{source}: {outside[0]} (virtual, external or linked storage); ltau files hold "
             "their data themselves"
         )
+    if damaged:
+        raise LTAUFileError(f"{source}: the file's structure is corrupted at {damaged[0]}")
 
 
 def file_format(path: str | os.PathLike) -> str:
