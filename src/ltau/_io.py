@@ -97,7 +97,16 @@ def open_checked(path: str | os.PathLike, file_format: str, mode: str = "r") -> 
         raise LTAUFileError(f"{source} does not exist")
     try:
         handle = h5py.File(source, mode)
-    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+    except OSError as exc:
+        if "unable to lock file" in str(exc):
+            raise LTAUFileError(
+                f"{source} is in use by another process (a writer has it open); open it when "
+                "that process has finished"
+            ) from exc
+        raise LTAUFileError(
+            f"{source} is not a readable {file_format} file (not HDF5, truncated or corrupted): {exc}"
+        ) from exc
+    except (KeyError, ValueError, RuntimeError) as exc:
         raise LTAUFileError(
             f"{source} is not a readable {file_format} file (not HDF5, truncated or corrupted): {exc}"
         ) from exc
@@ -255,3 +264,25 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def refuse_if_in_use(path: str | os.PathLike) -> None:
+    """Raise if another process has the HDF5 file at ``path`` open for writing (HDF5 holds a
+    lock on it), before that file is replaced."""
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except OSError as exc:
+        if "unable to lock file" in str(exc):
+            raise LTAUFileError(
+                f"{path} is in use by another process (a writer has it open); it is not replaced"
+            ) from exc
+
+
+def inode(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(device, inode)`` of the file at ``path``, None if there is none."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino

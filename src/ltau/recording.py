@@ -35,10 +35,12 @@ from tqdm.auto import tqdm
 from ltau._checks import as_error_vector, as_index_vector, non_negative_int, positive_int
 from ltau._io import (
     atomic_h5,
+    inode,
     open_checked,
     read_array,
     read_attributes,
     reading,
+    refuse_if_in_use,
     sign_attributes,
     write_array,
 )
@@ -110,8 +112,11 @@ class ErrorRecorder:
                     f"{self.log_path} exists; use ErrorRecorder.resume() to continue it, "
                     "or overwrite=True to replace it"
                 )
+            if self.log_path.exists():
+                refuse_if_in_use(self.log_path)
             _create_log(self.log_path, self.n_samples, columns, facts)
             self._log = open_checked(self.log_path, LOG_FORMAT, mode="r+")
+        self._inode = None if self.log_path is None else inode(self.log_path)
 
     @classmethod
     def resume(cls, log_path: str | os.PathLike, *, bins: Bins | None = None) -> ErrorRecorder:
@@ -140,6 +145,7 @@ class ErrorRecorder:
         recorder._seen = np.zeros(n_samples, dtype=bool)
         recorder._epochs_by_member = {int(m): int(c) for m, c in zip(members, counts, strict=True)}
         recorder._accumulator = None
+        recorder._inode = inode(log_path)
         if bins is not None:
             recorder._accumulator = HistogramAccumulator(bins, n_samples)
             for row in _iter_rows(handle, np.arange(n_complete)):
@@ -238,6 +244,11 @@ class ErrorRecorder:
             else:
                 self._accumulator.add_checked(recorded, errors[recorded])
         if self._log is not None:
+            if inode(self.log_path) != self._inode:
+                raise LTAUFileError(
+                    f"the log at {self.log_path} was replaced or removed by another process "
+                    "since this recorder opened it: this epoch is not recorded there"
+                )
             _append_row(self._log, errors, member)
         epoch = self._epochs_by_member.get(member, 0)
         self._epochs_by_member[member] = epoch + 1
