@@ -439,3 +439,42 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for command in ("distributions", "fit", "calibrate", "predict", "describe", "demo"):
         assert command in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["descriptors", "{d}/s.xyz", "--model", "{d}/m.model", "-o", "{d}/d.csv"], ".npy or .npz"),
+        (
+            ["descriptors", "{d}/s.xyz", "--model", "{d}/absent.model", "-o", "{d}/d.npy"],
+            "does not exist",
+        ),
+        (
+            [
+                "run",
+                "--model",
+                "{d}/m.model",
+                "--log",
+                "{d}/l.h5",
+                "--train",
+                "{d}/s.xyz",
+                "--output-dir",
+                "{d}/out",
+            ],
+            "at least one --test",
+        ),
+        (
+            ["mace-train", "--log", "{d}/l.h5", "--member", "-1", "--", "--name", "x"],
+            "--member must be 0 or more",
+        ),
+    ],
+)
+def test_model_commands_refuse_bad_input_before_work(tmp_path, capsys, argv, message):
+    import ase
+    import ase.io
+
+    ase.io.write(tmp_path / "s.xyz", ase.Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.8]]))
+    (tmp_path / "m.model").write_bytes(b"not a model")
+    code = main([a.format(d=tmp_path) for a in argv])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.glob("d.*")) and not (tmp_path / "out").exists()

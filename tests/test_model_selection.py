@@ -239,3 +239,32 @@ def test_bad_validation_splits_are_refused():
             split_validation(_frames([{}] * 10), fraction, seed=0)
     with pytest.raises(LTAUInputError, match="group_keys"):
         split_validation(_frames([{}] * 10), 0.1, seed=0, group_keys="trajectory")
+
+
+def test_the_splitter_is_injectable_and_checked():
+    from sklearn.model_selection import GroupKFold
+
+    from ltau.selection import RepeatedGroupFolds
+
+    groups = np.repeat(np.arange(6), 2)
+    splits = list(RepeatedGroupFolds(n_folds=3, n_repeats=2, seed=1).split(groups, None, groups))
+    assert len(splits) == 6
+    for train, test in splits:  # a group never straddles a split; every sample is used once
+        assert not set(groups[train]) & set(groups[test])
+        assert sorted(np.r_[train, test]) == list(range(12))
+    with pytest.raises(LTAUInputError, match="at least 2"):
+        RepeatedGroupFolds(n_folds=1)
+    with pytest.raises(LTAUInputError, match="at least 3 groups"):
+        list(RepeatedGroupFolds(n_folds=3).split(np.arange(4), None, np.repeat([0, 1], 2)))
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(60, 3)).astype(np.float32)
+    candidates = {0: ErrorDistributions.from_errors(rng.uniform(0.01, 1, (60, 6)), n_bins=10)}
+    validation = rng.normal(size=(20, 3)).astype(np.float32)
+    errors = rng.uniform(0.01, 1.0, 20)
+    chosen = choose_configuration(
+        train, candidates, validation, errors, None, k_candidates=(5,),
+        distance_scales=("absolute",), cv=GroupKFold(n_splits=2),
+    )  # fmt: skip
+    assert chosen["k"] == 5 and len(chosen["cv_crps"]) == 1
+    with pytest.raises(LTAUInputError, match="split"):
+        choose_configuration(train, candidates, validation, errors, None, cv=object())

@@ -690,3 +690,53 @@ def test_counts_promote_from_uint16_to_uint32_past_65535(mode):
     np.testing.assert_array_equal(final[ids, [2, 0, 3]], [65537] * 3)
     assert final.sum() == 3 * 65537
     np.testing.assert_array_equal(accumulator.distributions().n_observations, [65537] * 3)
+
+
+def test_sample_columns_and_provenance_round_trip_and_bad_input(tmp_path):
+    from ltau import ErrorLog
+
+    columns = {"configuration": np.repeat([0, 1], 3), "atom": np.tile([0, 1, 2], 2)}
+    with ErrorRecorder(6, log_path=tmp_path / "a.h5", samples=columns, provenance={"x": 1}) as rec:
+        rec.record_epoch(np.full(6, 0.1))
+        rec.set_provenance({"x": 2, "files": ["t.xyz"]})
+    with ErrorLog(tmp_path / "a.h5") as log:
+        assert log.provenance == {"x": 2, "files": ["t.xyz"]}
+        for name, values in columns.items():
+            np.testing.assert_array_equal(log.samples[name], values)
+    bad = [
+        ({"samples": {"atom": np.arange(5)}}, "must hold 6 integers"),
+        ({"samples": {"atom": np.linspace(0, 1, 6)}}, "must hold 6 integers"),
+        ({"samples": {}}, "non-empty mapping"),
+        ({"provenance": {"x": float("nan")}}, "JSON-serialisable"),
+        ({"provenance": ["x"]}, "must be a mapping"),
+    ]
+    for index, (kwargs, message) in enumerate(bad):
+        path = tmp_path / f"bad{index}.h5"
+        with pytest.raises(LTAUInputError, match=message):
+            ErrorRecorder(6, log_path=path, **kwargs)
+        assert not path.exists()
+    with pytest.raises(LTAUInputError, match="give a log_path"):
+        ErrorRecorder(6, bins=Bins.log(1e-3, 1.0, 5), provenance={"x": 1})
+
+
+def test_distributions_of_chosen_samples(tmp_path):
+    from ltau import ErrorLog
+
+    rng = np.random.default_rng(3)
+    errors = rng.uniform(0.01, 1.0, (4, 8))
+    with ErrorRecorder(8, log_path=tmp_path / "s.h5") as recorder:
+        for row in errors:
+            recorder.record_epoch(row)
+    bins = Bins.log(1e-3, 2.0, 12)
+    with ErrorLog(tmp_path / "s.h5") as log:
+        whole = log.distributions(bins)
+        chosen = log.distributions(bins, samples=[5, 2])
+        np.testing.assert_array_equal(chosen.counts, whole.counts[[5, 2]])
+        np.testing.assert_array_equal(log.recorded_epochs(samples=[5, 2], skip_epochs=1), [3, 3])
+        for samples, message in (
+            ([2, 2], "repeats sample 2"),
+            ([8], r"\[0, 8\)"),
+            ([], "at least one"),
+        ):
+            with pytest.raises(LTAUInputError, match=message):
+                log.distributions(bins, samples=samples)
