@@ -8,7 +8,7 @@ space. See ``ErrorRecorder``, ``ErrorDistributions`` and ``LTAUEstimator``.
 from ltau._version import __version__
 from ltau.distributions import ErrorDistributions
 from ltau.estimator import LTAUEstimator, LTAUPrediction
-from ltau.exceptions import LTAUFileError, LTAUInputError, NotFittedError
+from ltau.exceptions import LTAUClippingWarning, LTAUFileError, LTAUInputError, NotFittedError
 from ltau.histogram import Bins
 from ltau.recording import ErrorLog, ErrorRecorder
 
@@ -17,6 +17,7 @@ __all__ = [
     "ErrorDistributions",
     "ErrorLog",
     "ErrorRecorder",
+    "LTAUClippingWarning",
     "LTAUEstimator",
     "LTAUFileError",
     "LTAUInputError",

@@ -5,11 +5,21 @@
 chooses bins spanning observed errors; :func:`save_distributions` / :func:`load_distributions`
 write and read one self-describing HDF5 file. Every statistic (PDF, CDF, expected error,
 ``P(error > atol)``, quantiles) is that of the piecewise-uniform model of :mod:`ltau.histogram`.
+
+Errors outside the bins are counted in the end bins (:meth:`ltau.histogram.Bins.assign`), and
+never silently: building distributions that hold such errors emits an
+:class:`~ltau.exceptions.LTAUClippingWarning` whose :class:`ClippingSummary` says how many
+observations of how many samples lay below and above the bins and how much that biases them
+(turn it into an error with ``warnings.simplefilter("error", LTAUClippingWarning)``). Errors
+below the first edge, exact zeros with log bins among them, count as errors in the first bin:
+the distributions do not resolve errors below ``edges[0]``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from dataclasses import dataclass, field
 
 import h5py
@@ -25,7 +35,7 @@ from ltau._io import (
     sign_attributes,
     write_array,
 )
-from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.exceptions import LTAUClippingWarning, LTAUFileError, LTAUInputError
 from ltau.histogram import (
     Bins,
     Spacing,
@@ -43,7 +53,8 @@ class ErrorDistributions:
 
     ``counts`` has shape ``(n_samples, n_bins)``: how many recorded errors (epochs x models) of
     each sample fell in each bin. ``n_below`` / ``n_above`` count observations that lay outside
-    the bins and were clipped into the end bins.
+    the bins and were clipped into the end bins (of the distributions these were built from,
+    for a :meth:`subset`).
     """
 
     bins: Bins
@@ -81,7 +92,8 @@ class ErrorDistributions:
     ) -> ErrorDistributions:
         """Histogram an in-memory ``(n_samples, n_observations)`` error array, row by row.
 
-        Without ``bins``, ``n_bins`` bins span the observed range.
+        Without ``bins``, ``n_bins`` bins span the observed range. Errors outside given
+        ``bins`` emit an :class:`~ltau.exceptions.LTAUClippingWarning`.
         """
         errors = np.asarray(errors, dtype=np.float32)
         if errors.ndim != 2 or 0 in errors.shape:
@@ -162,6 +174,10 @@ class HistogramAccumulator:
     observations. Bin indices of whole epochs are buffered (``PENDING_EPOCHS`` at a time, one
     byte per sample) and added block of rows by block of rows, so that the scattered increments
     hit a block of counts that stays in cache instead of the whole array once per epoch.
+
+    Observations outside the bins are counted in the end bins; per sample, how many lay below
+    and above and the sum of those above are kept (arrays allocated at the first such
+    observation) for :meth:`clipping`.
     """
 
     PENDING_EPOCHS = 16
@@ -178,6 +194,13 @@ class HistogramAccumulator:
         self._block_offsets = np.arange(self.ROWS_PER_BLOCK, dtype=np.intp) * bins.n_bins
         self.n_below = 0
         self.n_above = 0
+        self._n_observations = 0
+        self._below: np.ndarray | None = None
+        self._above: np.ndarray | None = None
+        self._above_sum: np.ndarray | None = None
+        self._zeros = 0
+        self._lowest = np.inf
+        self._highest = -np.inf
 
     @property
     def counts(self) -> np.ndarray:
@@ -205,8 +228,11 @@ class HistogramAccumulator:
             self._counts = self._counts.astype(np.uint32)
         index, n_below, n_above = self.bins.assign(errors)
         self._max_observations += 1
-        self.n_below += n_below
-        self.n_above += n_above
+        self._n_observations += index.size
+        if n_below or n_above:
+            self._note_clipped(ids, errors)
+            self.n_below += n_below
+            self.n_above += n_above
         if ids is None:
             if self._pending.shape[0] == 0:
                 self._pending = np.empty((self.PENDING_EPOCHS, self.n_samples), self._pending.dtype)
@@ -218,6 +244,50 @@ class HistogramAccumulator:
             # ids are unique, so a plain fancy-index increment is exact (no np.add.at needed).
             index += ids * self.bins.n_bins
             self._counts.reshape(-1)[index] += 1
+
+    def _note_clipped(self, ids: np.ndarray | None, errors: np.ndarray) -> None:
+        """Keep per-sample tallies of the observations outside the bins."""
+        if self._below is None:
+            self._below = np.zeros(self.n_samples, dtype=np.int64)
+            self._above = np.zeros(self.n_samples, dtype=np.int64)
+            self._above_sum = np.zeros(self.n_samples)
+        values = np.asarray(errors, dtype=np.float64)  # exact for float32: same test as assign()
+        rows = np.arange(values.size) if ids is None else ids
+        below, above = values < self.bins.edges[0], values > self.bins.edges[-1]
+        if below.any():
+            self._below[rows[below]] += 1
+            self._zeros += int(np.count_nonzero(values[below] == 0))
+            self._lowest = min(self._lowest, float(values[below].min()))
+        if above.any():
+            self._above[rows[above]] += 1
+            self._above_sum[rows[above]] += values[above]
+            self._highest = max(self._highest, float(values[above].max()))
+
+    def clipping(self) -> ClippingSummary:
+        """What was clipped into the end bins so far, and its effect."""
+        counts = self.counts
+        underestimate = 1.0
+        if self.n_above:
+            rows = np.flatnonzero(self._above)
+            totals = counts[rows].sum(axis=1, dtype=np.float64)
+            binned = counts[rows] @ self.bins.centers / totals
+            # Each clipped value v was counted at the last bin's centre instead of v.
+            shortfall = (self._above_sum[rows] - self._above[rows] * self.bins.centers[-1]) / totals
+            underestimate = float(np.max((binned + shortfall) / binned))
+        return ClippingSummary(
+            low_edge=float(self.bins.edges[0]),
+            high_edge=float(self.bins.edges[-1]),
+            n_observations=self._n_observations,
+            n_samples=self.n_samples,
+            below=self.n_below,
+            above=self.n_above,
+            samples_below=0 if self._below is None else int(np.count_nonzero(self._below)),
+            samples_above=0 if self._above is None else int(np.count_nonzero(self._above)),
+            zeros=self._zeros,
+            lowest=float(self._lowest) if self.n_below else None,
+            highest=float(self._highest) if self.n_above else None,
+            underestimate=underestimate,
+        )
 
     def _flush(self) -> None:
         """Add the buffered epochs to the counts, one cache-sized block of rows at a time."""
@@ -232,9 +302,87 @@ class HistogramAccumulator:
                 block[offsets + epoch_indices] += 1
         self._n_pending = 0
 
-    def distributions(self) -> ErrorDistributions:
-        """The accumulated histograms (shares the counts array; copy it to keep recording)."""
-        return ErrorDistributions(self.bins, self.counts, self.n_below, self.n_above)
+    def distributions(self, copy: bool = False) -> ErrorDistributions:
+        """The accumulated histograms, sharing the counts array unless ``copy`` (copy them to
+        keep recording). Emits an :class:`~ltau.exceptions.LTAUClippingWarning` if any
+        observation lay outside the bins."""
+        counts = self.counts.copy() if copy else self.counts
+        distributions = ErrorDistributions(self.bins, counts, self.n_below, self.n_above)
+        if self.n_below or self.n_above:
+            summary = self.clipping()
+            warning = LTAUClippingWarning(summary.message(), summary)
+            warnings.warn(warning, stacklevel=_stacklevel_outside_ltau())
+        return distributions
+
+
+def _stacklevel_outside_ltau() -> int:
+    """The ``stacklevel`` that makes a warning issued by the caller name the first frame
+    outside the ltau package (the user's call)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        package + os.sep
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+@dataclass(frozen=True)
+class ClippingSummary:
+    """Observations that lay outside the bins ``[low_edge, high_edge]`` (error unit) and were
+    counted in the end bins.
+
+    ``below`` / ``above``: how many of the ``n_observations`` recorded errors; ``samples_below``
+    / ``samples_above``: of how many of the ``n_samples`` samples; ``zeros``: exact zeros among
+    those below; ``lowest`` / ``highest``: the most extreme clipped values (None if none).
+    ``underestimate``: the largest factor by which clipping lowered a sample's expected error
+    (its mean with the clipped values at their true size over its histogram mean; 1 if nothing
+    lay above). Values below the first edge raise a sample's expected error by less than the
+    first bin's centre.
+    """
+
+    low_edge: float
+    high_edge: float
+    n_observations: int
+    n_samples: int
+    below: int
+    above: int
+    samples_below: int
+    samples_above: int
+    zeros: int
+    lowest: float | None
+    highest: float | None
+    underestimate: float
+
+    def message(self) -> str:
+        """A readable account of the clipping, its effect and the remedy."""
+        parts = []
+        if self.above:
+            parts.append(
+                f"{self.above} of {self.n_observations} recorded errors ({self.samples_above} "
+                f"of {self.n_samples} samples) lay above the last bin edge {self.high_edge:.4g}, "
+                f"up to {self.highest:.4g} ({self.highest / self.high_edge:.3g} times the edge), "
+                "and were counted in the last bin: the expected error of those samples is "
+                f"underestimated by up to a factor {self.underestimate:.3g}."
+            )
+        if self.below:
+            zeros = f", {self.zeros} of them exact zeros" if self.zeros else ""
+            parts.append(
+                f"{self.below} of {self.n_observations} recorded errors ({self.samples_below} "
+                f"of {self.n_samples} samples{zeros}) lay below the first bin edge "
+                f"{self.low_edge:.4g}, down to {self.lowest:.4g}, and were counted in the first "
+                f"bin: these distributions do not resolve errors below {self.low_edge:.4g} "
+                f"(P(error > atol) counts them for any atol < {self.low_edge:.4g})."
+            )
+        low = self.low_edge if self.lowest is None else self.lowest
+        high = self.high_edge if self.highest is None else self.highest
+        parts.append(
+            f"An error log keeps the raw errors: rebuild the distributions from it with bins "
+            f"that cover [{low:.4g}, {high:.4g}] (without bins, distributions() spans the "
+            "recorded range"
+            + ("; linear bins start at 0 and hold exact zeros)." if self.zeros else ").")
+        )
+        return " ".join(parts)
 
 
 def bins_for_errors(errors: np.ndarray, n_bins: int = 100, spacing: Spacing = "log") -> Bins:

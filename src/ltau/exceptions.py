@@ -15,3 +15,15 @@ class NotFittedError(LTAUInputError, AttributeError):
     Also an ``AttributeError``, as scikit-learn's ``NotFittedError`` is, so ``hasattr`` on a
     fitted-only property of an unfitted object is False.
     """
+
+
+class LTAUClippingWarning(UserWarning):
+    """Recorded errors lay outside the bins and were counted in the end bins.
+
+    ``clipping`` holds the :class:`ltau.distributions.ClippingSummary` (counts and effect).
+    Turn it into an error with ``warnings.simplefilter("error", LTAUClippingWarning)``.
+    """
+
+    def __init__(self, message: str, clipping: object = None) -> None:
+        super().__init__(message)
+        self.clipping = clipping

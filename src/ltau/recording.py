@@ -271,7 +271,8 @@ class ErrorRecorder:
         count or spacing (bins then span the observed range; defaults 100, ``"log"``), a subset
         of ``members``, ``skip_epochs`` (leave out each model's first epochs, a burn-in) or
         ``samples`` (only these sample ids, in this order) rebuild the distributions from the
-        log in one streaming pass.
+        log in one streaming pass. Errors outside the bins emit an
+        :class:`~ltau.exceptions.LTAUClippingWarning` (see :mod:`ltau.distributions`).
         """
         if self.n_epochs == 0:
             raise LTAUInputError("no epoch has been completed yet")
@@ -279,7 +280,7 @@ class ErrorRecorder:
         rebin = n_bins is not None or spacing is not None or members is not None
         rebin |= skip_epochs != 0 or samples is not None
         if live is not None and not rebin and (bins is None or bins == live.bins):
-            return ErrorDistributions(live.bins, live.counts.copy(), live.n_below, live.n_above)
+            return live.distributions(copy=True)
         if self._log is None:
             raise LTAUInputError(
                 "other bins, a subset of members or a burn-in need the raw log; create the "
@@ -385,7 +386,8 @@ class ErrorLog:
     ) -> ErrorDistributions:
         """Build per-sample distributions in one streaming pass over the log, leaving out the
         first ``skip_epochs`` of each model (a burn-in); ``samples``: only these sample ids,
-        in this order (e.g. the atoms a trainer trained on)."""
+        in this order (e.g. the atoms a trainer trained on). Errors outside ``bins`` emit an
+        :class:`~ltau.exceptions.LTAUClippingWarning`."""
         return _distributions_from_log(
             self._file,
             bins,
