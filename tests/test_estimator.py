@@ -177,7 +177,8 @@ def test_batches_and_neighbour_aggregation_agree(small_data):
     assert_predictions_equal(joined, whole)
     plain = batched_estimator.predict(queries)
     assert plain.exceedance is None and plain.quantiles is None and plain.pdf is None
-    assert plain.interval_lower is None and set(plain.columns()) == {"expected_error", "ood_score"}
+    assert plain.interval_lower is None
+    assert set(plain.columns()) == {"expected_error", "ood_score", "below_resolution"}
     np.testing.assert_array_equal(plain.expected_error, whole.expected_error)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from ltau import Bins, ErrorDistributions, LTAUEstimator, LTAUFileError, LTAUInputError
 from ltau._io import sign_attributes
-from ltau.calibration import DistanceWidening
+from ltau.calibration import DistanceWidening, ErrorScaleCalibrator
 from ltau.estimator import _ESTIMATOR_ATTRIBUTES_V1
 from ltau.histogram import cdf_at
 from ltau.histogram import quantiles as mixture_quantiles
@@ -31,11 +31,32 @@ def test_fit_recovers_known_exponents():
     assert widening.exponent == pytest.approx(0.5, abs=0.05)
     assert widening.group_exponent == pytest.approx(1.5, abs=0.08)
     assert widening.reference == pytest.approx(np.median(ood))
+    assert widening.lower == pytest.approx(np.quantile(ood, 0.05))
+    assert widening.group_lower == pytest.approx(np.quantile(group_score, 0.05))
     factors = widening.factors(ood, group_score)
-    direct = (ood / np.median(ood)) ** widening.exponent * (
-        group_score / np.median(group_score)
+    direct = (np.maximum(ood, widening.lower) / np.median(ood)) ** widening.exponent * (
+        np.maximum(group_score, widening.group_lower) / np.median(group_score)
     ) ** widening.group_exponent
     np.testing.assert_allclose(factors, direct, rtol=1e-12)
+    # Below the validation scores' 5% quantile the power law is not extrapolated: a query at
+    # distance 0 gets the factor of that quantile, not 0.
+    at_zero = widening.factors(np.zeros(1), np.zeros(1))[0]
+    assert at_zero == pytest.approx(
+        widening.factors(np.r_[widening.lower], np.r_[widening.group_lower])[0]
+    )
+    assert at_zero > 0.05
+
+
+def test_score_floor_skips_zero_scores():
+    rng = np.random.default_rng(5)
+    ood = np.r_[np.zeros(60), rng.uniform(0.5, 2.0, 440)]  # 12% of validation queries at 0
+    expected = np.ones(500)
+    observed = np.maximum(ood, 0.1) ** 0.5 * rng.lognormal(sigma=0.1, size=500)
+    widening = DistanceWidening.fit(ood, None, expected, observed)
+    assert widening.lower == pytest.approx(ood[60:].min())
+    assert widening.factors(np.zeros(1), None)[0] == pytest.approx(
+        (ood[60:].min() / widening.reference) ** widening.exponent
+    )
 
 
 def test_negative_dependence_gives_zero_exponent_and_no_groups_means_one_exponent():
@@ -53,9 +74,20 @@ def test_negative_dependence_gives_zero_exponent_and_no_groups_means_one_exponen
 
 
 def test_widening_round_trips_and_refuses_bad_values():
-    widening = DistanceWidening(0.5, 1.0, 0.2, 0.3)
+    widening = DistanceWidening(0.5, 1.0, 0.2, 0.3, lower=0.05, group_lower=0.1)
     assert DistanceWidening.from_dict(widening.to_dict()) == widening
-    for bad in ({"exponent": -1.0}, {"reference": 0.0}, {"group_exponent": float("nan")}):
+    # A widening stored before the score floors existed loads without them (no floor).
+    old = {key: value for key, value in widening.to_dict().items() if "lower" not in key}
+    loaded = DistanceWidening.from_dict(old)
+    assert (loaded.lower, loaded.group_lower) == (0.0, 0.0)
+    assert loaded.factors(np.r_[1e-6], None)[0] == pytest.approx((1e-6 / 0.2) ** 0.5 * 1e-6 / 0.3)
+    bad_values = (
+        {"exponent": -1.0},
+        {"reference": 0.0},
+        {"group_exponent": float("nan")},
+        {"lower": -0.1},
+    )
+    for bad in bad_values:
         values = {**widening.to_dict(), **bad}
         with pytest.raises(LTAUInputError):
             DistanceWidening.from_dict(values)
@@ -143,7 +175,7 @@ def test_widened_predictions_equal_a_direct_computation(shifted_problem, tmp_pat
     path = tmp_path / "widened.h5"
     estimator.save(path)
     loaded = LTAUEstimator.load(path)
-    assert loaded.widening_ == widening
+    assert loaded.widening_ == widening and widening.lower > 0 and widening.group_lower > 0
     reloaded = loaded.predict(x_test, groups=g_test, atol=atol)
     np.testing.assert_array_equal(reloaded.exceedance, batched.exceedance)
 
@@ -199,3 +231,57 @@ def test_bad_groups_and_widen_flag(small_data):
     distances, indices = estimator.kneighbors(queries)
     with pytest.raises(LTAUInputError, match="one label per query"):
         estimator.predict_from_neighbors(distances, indices, groups=np.zeros(2, dtype=int))
+
+
+def test_a_query_on_a_training_point_is_not_made_overconfident(shifted_problem):
+    """Distance 0 (a query that coincides with a training sample) used to give a widening
+    factor of ~0 and an expected error orders of magnitude below anything recorded."""
+    train, distributions, (x_val, e_val, g_val), _ = shifted_problem
+    estimator = LTAUEstimator(20).fit(train, distributions).calibrate(x_val, e_val, groups=g_val)
+    queries = train[:50]
+    groups = np.repeat(np.arange(5), 10)
+    out = estimator.predict(queries, groups=groups, quantiles=[0.05, 0.5])
+    assert np.all(out.ood_score > 0)  # k = 20 neighbours: only one of them is the point itself
+    distances, indices = estimator.kneighbors(queries)
+    distances[:] = 0.0  # every neighbour coincides with the query
+    same = estimator.predict_from_neighbors(distances, indices, groups=groups, quantiles=[0.5])
+    assert np.all(same.ood_score == 0)
+    floor = estimator.widening_.factors(np.zeros(1), np.zeros(1))[0]
+    raw = estimator.predict_from_neighbors(distances, indices, calibrated=False)
+    calibrated = estimator.calibrator_.expected_error(
+        estimator._mixture(estimator.neighbor_weights(distances), indices), estimator.bins
+    )
+    np.testing.assert_allclose(same.expected_error, calibrated * floor, rtol=1e-9)
+    # Not collapsed: at least what the neighbours' distributions resolve, and not flagged.
+    assert np.all(same.expected_error >= same.resolution)
+    assert not same.below_resolution.any()
+    assert np.all(same.quantiles[:, 0] > 0.1 * raw.expected_error)
+
+
+def test_resolution_is_the_lowest_recorded_bin_and_flags_overconfidence():
+    bins = Bins.log(1e-3, 10.0, 40)
+    errors = np.r_[np.full(20, 0.5), np.full(20, 0.02)].reshape(2, 20)
+    errors[1, 0] = 0.004
+    distributions = ErrorDistributions.from_errors(errors, bins)
+    lowest = bins.edges[bins.assign(np.r_[0.5, 0.004])[0]]
+    np.testing.assert_array_equal(distributions.resolution(), lowest)
+    estimator = LTAUEstimator(2).fit(np.array([[0.0], [1.0]]), distributions)
+    out = estimator.predict(np.array([[0.2]]))
+    assert out.resolution[0] == lowest[1] and not out.below_resolution[0]
+    # Without calibration the mixture's mean is never below its lowest occupied bin; a factor
+    # far below 1 on the error axis pushes it there, and the prediction says so.
+    estimator.calibrator_ = ErrorScaleCalibrator.from_dict(
+        {
+            "kind": "error_scale",
+            "format_version": 1,
+            "bounds": [1e-4, 1.0],
+            "levels": None,
+            "scale": 1e-3,
+            "miscalibration_area_before": 0.0,
+            "miscalibration_area_after": 0.0,
+            "n_fit": 1,
+        }
+    )
+    squeezed = estimator.predict(np.array([[0.2]]))
+    assert squeezed.below_resolution[0]
+    assert squeezed.columns()["below_resolution"][0]

@@ -37,15 +37,16 @@ Interface shared by both (``mass``/``bins`` always the *uncalibrated* distributi
 
 Before either map, :class:`DistanceWidening` can widen each query's distribution with its
 distance to the training set: the raw error axis of query ``i`` is scaled by
-``w_i = (d_i / d_ref)^a * (g_i / g_ref)^b``, where ``d_i`` is the query's OOD score (mean
-distance to its k neighbours) and ``g_i`` the mean OOD score of its group (the atoms of one
-structure); the calibrators then act on the widened distributions ``F_i(x / w_i)``.
+``w_i = (max(d_i, d_low) / d_ref)^a * (max(g_i, g_low) / g_ref)^b``, where ``d_i`` is the
+query's OOD score (mean distance to its k neighbours), ``g_i`` the mean OOD score of its group
+(the atoms of one structure) and ``d_low``, ``g_low`` low quantiles of the validation scores;
+the calibrators then act on the widened distributions ``F_i(x / w_i)``.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -577,28 +578,38 @@ def _check_knots(knots: np.ndarray, frequencies: np.ndarray) -> None:
 class DistanceWidening:
     """Widen predicted error distributions as queries leave the training domain.
 
-    The factor on query ``i``'s error axis is ``w_i = (d_i / d_ref)^a * (g_i / g_ref)^b``:
-    ``d_i`` its OOD score, ``g_i`` the mean OOD score of its group (for a force field: the
-    atoms of one structure; without groups ``g_i = d_i`` and ``b = 0``). Expected error and
-    quantiles are multiplied by ``w_i``, and ``CDF(x) = F(x / w_i)``.
+    The factor on query ``i``'s error axis is
+    ``w_i = (max(d_i, d_low) / d_ref)^a * (max(g_i, g_low) / g_ref)^b``: ``d_i`` its OOD
+    score, ``g_i`` the mean OOD score of its group (for a force field: the atoms of one
+    structure; without groups ``g_i = d_i`` and ``b = 0``). Expected error and quantiles are
+    multiplied by ``w_i``, and ``CDF(x) = F(x / w_i)``.
 
     :meth:`fit` estimates ``a`` and ``b`` on validation data by least squares of
-    ``log(observed / expected)`` on ``[1, log d, log g]`` (``expected``: the raw expected
-    error), i.e. how the observed error grows with distance beyond what the neighbours'
-    distributions predict. An exponent that comes out negative is set to 0 and the other
-    refitted, so the distributions only widen with distance. ``d_ref`` and ``g_ref`` are the
-    validation medians; the overall scale is left to the calibrator fitted afterwards.
+    ``log(observed / expected)`` on ``[1, log d, log g]``
+    (``expected``: the raw expected error), i.e. how the observed error grows with distance
+    beyond what the neighbours' distributions predict. An exponent that comes out negative is
+    set to 0 and the other refitted, so the distributions only widen with distance. ``d_ref``
+    and ``g_ref`` are the validation medians; the overall scale is left to the calibrator
+    fitted afterwards.
+
+    ``d_low`` and ``g_low`` (``lower``, ``group_lower``) are the 5% quantiles of the validation
+    scores (or their smallest positive value if that quantile is 0): below them, where
+    validation data are too few to support it, the power law is not extrapolated, so a query that coincides with a training sample (``d_i = 0``) is not
+    made arbitrarily confident; it gets the factor of the closest validation queries. Widenings
+    stored without them (older files) have ``lower = group_lower = 0``: no such limit.
     """
 
     exponent: float
     group_exponent: float
     reference: float
     group_reference: float
+    lower: float = 0.0
+    group_lower: float = 0.0
 
     kind: ClassVar[str] = "distance_widening"
 
     def __post_init__(self) -> None:
-        for name in ("exponent", "group_exponent"):
+        for name in ("exponent", "group_exponent", "lower", "group_lower"):
             non_negative_number(getattr(self, name), name)
         for name in ("reference", "group_reference"):
             positive_number(getattr(self, name), name)
@@ -638,26 +649,61 @@ class DistanceWidening:
             group_exponent=exponents.get("group_exponent", 0.0),
             reference=float(np.median(ood_score)),
             group_reference=float(np.median(group_score)),
+            lower=_score_floor(ood_score),
+            group_lower=_score_floor(group_score),
         )
 
     def factors(self, ood_score: np.ndarray, group_score: np.ndarray | None) -> np.ndarray:
         """``w_i`` for OOD scores and group scores, each ``(n,)`` (``None``: no groups)."""
-        ood_score = np.maximum(np.asarray(ood_score, dtype=np.float64), _MIN_SCORE)
+        ood_score = np.maximum(np.asarray(ood_score, dtype=np.float64), self._floor)
         group_score = ood_score if group_score is None else np.asarray(group_score, np.float64)
+        group_score = np.maximum(group_score, self._group_floor)
         return (ood_score / self.reference) ** self.exponent * (
-            np.maximum(group_score, _MIN_SCORE) / self.group_reference
+            group_score / self.group_reference
         ) ** self.group_exponent
+
+    @property
+    def _floor(self) -> float:
+        return max(self.lower, _MIN_SCORE)
+
+    @property
+    def _group_floor(self) -> float:
+        return max(self.group_lower, _MIN_SCORE)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "format_version": FORMAT_VERSION, **asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DistanceWidening:
+        """Inverse of :meth:`to_dict`; fields added since (``lower``, ``group_lower``) take
+        their defaults when absent."""
         _check_header(data, cls.kind)
         try:
-            return cls(**{field.name: data[field.name] for field in fields(cls)})
+            return cls(
+                **{
+                    field.name: data[field.name]
+                    for field in fields(cls)
+                    if field.name in data or field.default is MISSING
+                }
+            )
         except KeyError as exc:
             raise LTAUInputError(f"distance widening data lacks {exc}") from exc
+
+
+_SCORE_FLOOR_QUANTILE = 0.05
+"""Quantile of the validation OOD scores below which :class:`DistanceWidening` does not
+extrapolate."""
+
+
+def _score_floor(scores: np.ndarray) -> float:
+    """The :data:`_SCORE_FLOOR_QUANTILE` quantile of ``scores`` ``(n,)`` (each at least
+    ``_MIN_SCORE``), or, if that quantile is ``_MIN_SCORE`` (zeros), their smallest larger
+    value (``_MIN_SCORE`` if there is none)."""
+    floor = float(np.quantile(scores, _SCORE_FLOOR_QUANTILE))
+    if floor > _MIN_SCORE:
+        return floor
+    larger = scores[scores > _MIN_SCORE]
+    return float(larger.min()) if larger.size else _MIN_SCORE
 
 
 _MIN_SCORE = 1e-12

@@ -142,6 +142,12 @@ class ErrorDistributions:
         """Quantiles of each sample's error distribution (see :func:`ltau.histogram.quantiles`)."""
         return self._per_row(lambda mass: quantiles(mass, self.bins, levels))
 
+    def resolution(self) -> np.ndarray:
+        """The smallest error each sample's distribution resolves, ``(n_samples,)``: the left
+        edge of its lowest occupied bin (its smallest recorded errors lay in that bin, or below
+        the first edge if it is the first)."""
+        return self._per_row(lambda mass: self.bins.edges[np.argmax(mass > 0, axis=1)])
+
     def pooled(self, *others: ErrorDistributions) -> ErrorDistributions:
         """Pool several models' distributions of the same samples on the same bins."""
         counts = self.counts.astype(np.int64)

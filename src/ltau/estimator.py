@@ -95,6 +95,7 @@ _PER_QUERY_FIELDS = (
     "interval_lower",
     "interval_upper",
     "pdf",
+    "resolution",
 )
 
 
@@ -131,6 +132,9 @@ class LTAUPrediction:
     ``quantiles``: ``(n, len(quantile_levels))``. ``interval_lower`` / ``interval_upper``:
     ``(n,)`` central interval at ``confidence``. ``pdf``: ``(n, n_bins)`` density on ``bins``.
     ``neighbor_indices`` / ``neighbor_distances``: ``(n, k)``, the distances always Euclidean.
+    ``resolution``: ``(n,)`` the smallest error the neighbours' distributions resolve (the
+    lowest :meth:`~ltau.distributions.ErrorDistributions.resolution` among them), and
+    :attr:`below_resolution` flags expected errors below it.
     """
 
     expected_error: np.ndarray
@@ -147,6 +151,17 @@ class LTAUPrediction:
     pdf: np.ndarray | None = None
     bins: Bins | None = None
     calibrated: bool = False
+    resolution: np.ndarray | None = None
+
+    @property
+    def below_resolution(self) -> np.ndarray | None:
+        """``(n,)`` bool: the expected error is below :attr:`resolution`, i.e. smaller than
+        every error the query's neighbours recorded in training (only a calibration or widening
+        factor below 1 can do that). Such a prediction claims more confidence than the training
+        distributions resolve; None if the prediction has no resolution."""
+        if self.resolution is None:
+            return None
+        return self.expected_error < self.resolution
 
     @classmethod
     def concatenate(cls, parts: Sequence[LTAUPrediction]) -> LTAUPrediction:
@@ -229,6 +244,8 @@ class LTAUPrediction:
     def columns(self) -> dict[str, np.ndarray]:
         """Per-query scalar results as named 1-D columns (for CSV or a structured array)."""
         table = {"expected_error": self.expected_error, "ood_score": self.ood_score}
+        if self.resolution is not None:
+            table["below_resolution"] = self.below_resolution
         if self.exceedance is not None:
             for column, atol in enumerate(self.atol):
                 table[f"p_exceed_{atol:g}"] = self.exceedance[:, column]
@@ -266,6 +283,7 @@ class LTAUEstimator:
     :meth:`fit`), :meth:`get_params` / :meth:`set_params` follow its signature (so
     ``sklearn.base.clone`` works), everything :meth:`fit` or :meth:`load` sets ends in ``_``
     (``index_``, ``distributions_``, ``local_scale_``, ``sample_expected_error_``,
+    ``sample_resolution_``,
     ``calibrator_`` and ``widening_`` after :meth:`calibrate`, ``metadata_``), and using the
     estimator before that raises :class:`~ltau.exceptions.NotFittedError`.
     """
@@ -335,6 +353,7 @@ class LTAUEstimator:
         self.distributions_ = distributions
         self.local_scale_ = local_scale
         self.sample_expected_error_ = distributions.expected_error()
+        self.sample_resolution_ = distributions.resolution()
         # Per-training-sample P(error > atol), filled per tolerance on first use.
         self._exceedance_cache_: dict[float, np.ndarray] = {}
         self.calibrator_ = None
@@ -543,6 +562,7 @@ class LTAUEstimator:
             confidence=confidence,
             bins=self.bins,
             calibrated=calibrator is not None,
+            resolution=np.min(np.where(weights > 0, self.sample_resolution_[safe], np.inf), axis=1),
         )
         if atol_values.size and factors is not None:
             prediction.exceedance = np.stack(

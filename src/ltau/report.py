@@ -53,6 +53,9 @@ METRIC_INFO: dict[str, MetricInfo] = {
     "force_rmse": MetricInfo("force RMSE", ERROR_UNIT, _LOWER),
     "force_mae": MetricInfo("mean true error (force MAE)", ERROR_UNIT, _LOWER),
     "mean_expected_error": MetricInfo("mean predicted expected error", ERROR_UNIT, ""),
+    "n_below_resolution": MetricInfo(
+        "expected errors below the neighbours' resolution (flagged)", "", _LOWER
+    ),
     "miscalibration_area_uncalibrated": MetricInfo(
         "miscalibration area before calibration", "", _LOWER
     ),
@@ -75,7 +78,7 @@ TABLE_ORDER: tuple[tuple[str, tuple[str, ...]], ...] = (
         "size and accuracy",
         ("n_atoms", "n", "force_rmse", "rmse", "force_mae", "mean_abs_error"),
     ),
-    ("predicted error", ("mean_expected_error", "fraction_above_atol")),
+    ("predicted error", ("mean_expected_error", "n_below_resolution", "fraction_above_atol")),
     (
         "ranking",
         (

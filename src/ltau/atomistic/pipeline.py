@@ -274,6 +274,7 @@ def _evaluate_tests(
             results[name] = {"n_atoms": int(prediction.ood_score.size)}
         results[name]["mean_ood_score"] = float(prediction.ood_score.mean())
         results[name]["mean_expected_error"] = float(prediction.expected_error.mean())
+        results[name]["n_below_resolution"] = int(np.count_nonzero(prediction.below_resolution))
         set_results = SetResults(
             name,
             prediction.expected_error,

@@ -22,8 +22,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "predict",
         help="predict error statistics for query descriptors",
         description="Write one row per query: expected error, OOD score (mean Euclidean "
-        "distance to the k neighbours), and the requested exceedance probabilities, quantiles "
-        "and interval. .csv and .npy (structured array) hold the columns; .npz also the PDF.",
+        "distance to the k neighbours), whether the expected error is below the neighbours' "
+        "resolution, and the requested exceedance probabilities, quantiles and interval. .csv and .npy (structured array) hold the columns; .npz also the PDF.",
     )
     parser.add_argument("estimator", type=Path, help="estimator file written by 'ltau fit'")
     parser.add_argument(
