@@ -57,6 +57,7 @@ def test_full_flow_matches_python_api(recorded, capsys):
     assert set(rows[0]) == {
         "expected_error",
         "ood_score",
+        "below_resolution",
         "p_exceed_0.5",
         "p_exceed_1",
         "quantile_0.5",
@@ -105,7 +106,7 @@ def test_npy_and_npz_outputs(recorded, capsys):
     query = ("predict", d / "e.h5", "--descriptors", d / "query.npy")
     assert run(capsys, *query, "-o", d / "p.npy", "--atol", 0.3)[0] == 0
     table = np.load(d / "p.npy", allow_pickle=False)
-    assert table.dtype.names == ("expected_error", "ood_score", "p_exceed_0.3")
+    assert table.dtype.names == ("expected_error", "ood_score", "below_resolution", "p_exceed_0.3")
     assert run(capsys, *query, "-o", d / "p.npz", "--pdf")[0] == 0
     with np.load(d / "p.npz", allow_pickle=False) as archive:
         pdf, edges = archive["pdf"], archive["bin_edges"]
