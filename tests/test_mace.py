@@ -238,3 +238,40 @@ def test_tampered_payload_is_refused(trained, tmp_path):
     torch.save({**payload, "state_dict": state}, tmp_path / "bad.pt")
     with pytest.raises(LTAUFileError, match="weights do not fit"):
         TrainedMACE.load(tmp_path / "bad.pt")
+
+
+def test_a_class_imported_into_an_allowed_package_is_refused(tmp_path):
+    """sympy's Poly, imported by e3nn, evaluates a string given to its constructor: a file that
+    names it under e3nn's module must be refused, and the code in the string must not run."""
+    import io
+    import zipfile
+
+    import sympy
+    import torch
+
+    from ltau.exceptions import LTAUFileError
+    from ltau.integrations.model_files import load_pickled_model
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return sympy.Poly, (f"__import__('pathlib').Path({str(marker)!r}).touch() or x",)
+
+    buffer = io.BytesIO()
+    torch.save({"model": Payload()}, buffer)
+    with zipfile.ZipFile(buffer) as source, zipfile.ZipFile(tmp_path / "evil.model", "w") as out:
+        for entry in source.infolist():
+            data = source.read(entry)
+            if entry.filename.endswith("data.pkl"):
+                data = data.replace(
+                    b"sympy.polys.polytools\nPoly\n",
+                    b"e3nn.o3._angular_spherical_harmonics\nPoly\n",
+                )
+                assert b"e3nn.o3._angular_spherical_harmonics" in data
+            out.writestr(entry.filename, data)
+    with pytest.raises(
+        LTAUFileError, match=r"sympy\.polys\.polytools\.Poly imported into an allowed"
+    ):
+        load_pickled_model(tmp_path / "evil.model")
+    assert not marker.exists()

@@ -177,6 +177,13 @@ def _allowed_global(name: str, path: Path) -> Any:
         ) from exc
     if as_class and not isinstance(found, type):
         raise LTAUFileError(f"{path} names {name}, which is not a class; {TRUST_HINT}")
+    if as_class and f"{found.__module__}.{found.__qualname__}" != name:
+        # A class another package defines, imported into an allowlisted module (e.g. sympy's
+        # Poly in e3nn, whose constructor evaluates strings): not part of any model.
+        raise LTAUFileError(
+            f"{path} names {name}, which is {found.__module__}.{found.__qualname__} imported "
+            f"into an allowed package, not a model class; {TRUST_HINT}"
+        )
     return found
 
 
