@@ -44,6 +44,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -124,27 +125,27 @@ def _python(script: str, *arguments: str, **popen: object) -> subprocess.Popen:
 
 
 def _kill_after(process: subprocess.Popen, delay: float, first: str | None = None) -> list[str]:
-    """Read ``process``'s lines (waiting for ``first`` before the clock starts), SIGKILL it
-    ``delay`` seconds later, and return the lines it printed."""
+    """Collect ``process``'s lines (the clock starts when it prints ``first``, if given),
+    SIGKILL it ``delay`` seconds later, and return the lines it printed."""
     lines: list[str] = []
-    os.set_blocking(process.stdout.fileno(), False)
-    deadline = None if first else time.monotonic() + delay
-    buffer = ""
-    while True:
-        chunk = process.stdout.read() or ""
-        buffer += chunk
-        *complete, buffer = buffer.split("\n")
-        lines.extend(complete)
-        if deadline is None and first in lines:
-            deadline = time.monotonic() + delay
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-        if process.poll() is not None:
-            break
-        time.sleep(0.002)
+    started = threading.Event()
+    if first is None:
+        started.set()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line.strip())
+            if line.strip() == first:
+                started.set()
+        started.set()  # the child ended before printing ``first``
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    started.wait(CHILD_TIMEOUT)
+    time.sleep(delay)
     process.kill()
     process.wait()
-    lines.extend((buffer + (process.stdout.read() or "")).split("\n"))
+    reader.join(10)
     process.stdout.close()
     process.stderr.close()
     return [line for line in lines if line]
