@@ -147,3 +147,131 @@ def test_isolated_atom_energies_reader(tmp_path):
     ase.io.write(tmp_path / "pair.xyz", Atoms("OH", info={"REF_energy": -1.0}), format="extxyz")
     with pytest.raises(LTAUInputError, match="single-atom"):
         read_isolated_atom_energies(tmp_path / "pair.xyz", energy_key="REF_energy")
+
+
+def _tampered(path, out, change):
+    """A copy of an ltau MACE file whose stored architecture ``change`` has edited."""
+    import json
+
+    import torch
+
+    payload = torch.load(path, weights_only=True)
+    architecture = json.loads(payload["architecture"])
+    change(architecture["arguments"])
+    payload["architecture"] = json.dumps(architecture)
+    torch.save(payload, out)
+    return out
+
+
+def test_model_file_is_plain_data_and_rebuilds_the_same_model(trained, tmp_path):
+    import torch
+
+    structures, model, _ = trained
+    model.save(tmp_path / "model.pt")
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "model.pt") == []
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)  # no allowlist needed
+    assert payload["format_version"] == 2 and "model" not in payload
+    reloaded = TrainedMACE.load(tmp_path / "model.pt")
+    assert reloaded.fingerprint == model.fingerprint
+    assert reloaded.settings == model.settings and reloaded.epoch_seconds == model.epoch_seconds
+    np.testing.assert_array_equal(
+        evaluate_mace(reloaded, structures).forces, evaluate_mace(model, structures).forces
+    )
+    assert list(tmp_path.iterdir()) == [tmp_path / "model.pt"]  # no temporary file left
+
+
+def test_first_format_files_still_load(trained, tmp_path):
+    from dataclasses import asdict
+
+    import torch
+
+    _, model, _ = trained
+    stored = asdict(model)
+    stored.pop("model")
+    torch.save(
+        {"model": model.model, "settings": stored, "format": "ltau-mace-model"}, tmp_path / "v1.pt"
+    )
+    reloaded = TrainedMACE.load(tmp_path / "v1.pt")
+    assert reloaded.fingerprint == model.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.update(interaction_cls={"class": "os.system"}), "not a mace module class"),
+        (lambda a: a.update(readout_cls={"class": "mace.modules.blocks.np"}), "not a mace module"),
+        (lambda a: a.update(gate={"function": "builtins.eval"}), "ltau does not build"),
+        (lambda a: a.update(hidden_irreps={"irreps": "8x0q"}), "'hidden_irreps' is malformed"),
+        (lambda a: a.update(atomic_energies={"array": [1], "dtype": "object"}), "ltau does not"),
+        (lambda a: a.update(surprise=1), "does not build a ScaleShiftMACE"),
+        (lambda a: a.update(num_interactions=3), "weights do not fit its architecture"),
+    ],
+)
+def test_tampered_architecture_is_refused(trained, tmp_path, change, message):
+    from ltau.exceptions import LTAUFileError
+
+    _, model, _ = trained
+    model.save(tmp_path / "model.pt")
+    tampered = _tampered(tmp_path / "model.pt", tmp_path / "bad.pt", change)
+    with pytest.raises(LTAUFileError, match=message):
+        TrainedMACE.load(tampered)
+
+
+def test_tampered_payload_is_refused(trained, tmp_path):
+    import torch
+
+    from ltau.exceptions import LTAUFileError
+
+    _, model, _ = trained
+    model.save(tmp_path / "model.pt")
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    for key, value, message in [
+        ("format_version", 7, "format version 7"),
+        ("settings", "{}", "settings are incomplete"),
+        ("architecture", "[1]", "architecture is malformed"),
+    ]:
+        torch.save({**payload, key: value}, tmp_path / "bad.pt")
+        with pytest.raises(LTAUFileError, match=message):
+            TrainedMACE.load(tmp_path / "bad.pt")
+    state = dict(payload["state_dict"])
+    state.pop(next(iter(state)))
+    torch.save({**payload, "state_dict": state}, tmp_path / "bad.pt")
+    with pytest.raises(LTAUFileError, match="weights do not fit"):
+        TrainedMACE.load(tmp_path / "bad.pt")
+
+
+def test_a_class_imported_into_an_allowed_package_is_refused(tmp_path):
+    """sympy's Poly, imported by e3nn, evaluates a string given to its constructor: a file that
+    names it under e3nn's module must be refused, and the code in the string must not run."""
+    import io
+    import zipfile
+
+    import sympy
+    import torch
+
+    from ltau.exceptions import LTAUFileError
+    from ltau.integrations.model_files import load_pickled_model
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return sympy.Poly, (f"__import__('pathlib').Path({str(marker)!r}).touch() or x",)
+
+    buffer = io.BytesIO()
+    torch.save({"model": Payload()}, buffer)
+    with zipfile.ZipFile(buffer) as source, zipfile.ZipFile(tmp_path / "evil.model", "w") as out:
+        for entry in source.infolist():
+            data = source.read(entry)
+            if entry.filename.endswith("data.pkl"):
+                data = data.replace(
+                    b"sympy.polys.polytools\nPoly\n",
+                    b"e3nn.o3._angular_spherical_harmonics\nPoly\n",
+                )
+                assert b"e3nn.o3._angular_spherical_harmonics" in data
+            out.writestr(entry.filename, data)
+    with pytest.raises(
+        LTAUFileError, match=r"sympy\.polys\.polytools\.Poly imported into an allowed"
+    ):
+        load_pickled_model(tmp_path / "evil.model")
+    assert not marker.exists()

@@ -22,12 +22,14 @@ and its batches; results always come back as NumPy arrays.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-import mace  # noqa: F401  (must be imported before e3nn)
+import mace  # must be imported before e3nn
 import numpy as np
 import torch
 from ase import Atoms
@@ -39,14 +41,17 @@ from mace.tools import AtomicNumberTable, torch_geometric
 from tqdm.auto import tqdm
 
 from ltau._checks import positive_number
+from ltau._io import atomic_path
 from ltau.atomistic.calculator import LTAUCalculatorBase, ModelOutput
 from ltau.atomistic.structures import ForceFieldEvaluation, LabelledStructures
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.integrations._trained import TrainingTimes
+from ltau.integrations.mace_files import build_mace, mace_architecture
 from ltau.integrations.model_files import load_pickled_model, state_fingerprint
 from ltau.recording import ErrorRecorder
 
+MODEL_FORMAT, MODEL_FORMAT_VERSION = "ltau-mace-model", 2
 _ENERGY, _FORCES = "ltau_REF_energy", "ltau_REF_forces"
 _KEYS = mace_data.KeySpecification(info_keys={"energy": _ENERGY}, arrays_keys={"forces": _FORCES})
 
@@ -98,30 +103,59 @@ class TrainedMACE(TrainingTimes):
         return state_fingerprint(self.model)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Save the model (torch's format, as mace does) and its settings."""
+        """Save the weights (a state dict) and the architecture and settings (JSON), written
+        atomically; :meth:`load` rebuilds the model and runs no code from the file."""
         stored = asdict(self)
         stored.pop("model")
-        torch.save({"model": self.model, "settings": stored, "format": "ltau-mace-model"}, path)
+        payload = {
+            "format": MODEL_FORMAT,
+            "format_version": MODEL_FORMAT_VERSION,
+            "mace_version": mace.__version__,
+            "architecture": json.dumps(mace_architecture(self.model)),
+            "settings": json.dumps(stored),
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+        }
+        with atomic_path(path) as temporary:
+            torch.save(payload, temporary)
 
     @classmethod
     def load(
         cls, path: str | os.PathLike, *, device: str = "cpu", trusted: bool = False
     ) -> TrainedMACE:
-        """Load a model saved by :meth:`save` (unpickled with the allowlist of
-        :func:`~ltau.integrations.model_files.load_pickled_model` unless ``trusted``)."""
+        """Load a model saved by :meth:`save`. Files of the first ltau format (a pickled
+        module) are unpickled with the allowlist of
+        :func:`~ltau.integrations.model_files.load_pickled_model` unless ``trusted``."""
         payload = load_pickled_model(path, device=device, trusted=trusted)
-        if not isinstance(payload, dict) or payload.get("format") != "ltau-mace-model":
+        if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
             raise LTAUFileError(f"{path} was not written by TrainedMACE.save")
-        stored = payload["settings"]
-        return cls(
-            model=payload["model"].to(device).eval(),
-            settings=MACESettings(**stored["settings"]),
-            atomic_numbers=list(stored["atomic_numbers"]),
-            epoch_seconds=list(stored["epoch_seconds"]),
-            logging_seconds=list(stored["logging_seconds"]),
-            head=stored.get("head"),
-            device=device,
-        )
+        return cls._from_payload(payload, Path(path), device)
+
+    @classmethod
+    def _from_payload(cls, payload: dict, path: Path, device: str) -> TrainedMACE:
+        """A model from the loaded content of a file written by :meth:`save`."""
+        version = payload.get("format_version", 1)
+        if version not in (1, MODEL_FORMAT_VERSION):
+            raise LTAUFileError(
+                f"{path} has {MODEL_FORMAT} format version {version}; this ltau reads versions "
+                f"1 to {MODEL_FORMAT_VERSION}"
+            )
+        try:
+            stored = json.loads(payload["settings"]) if version >= 2 else payload["settings"]
+            settings = MACESettings(**stored["settings"])
+            trained = {
+                "atomic_numbers": [int(z) for z in stored["atomic_numbers"]],
+                "epoch_seconds": [float(t) for t in stored["epoch_seconds"]],
+                "logging_seconds": [float(t) for t in stored["logging_seconds"]],
+                "head": stored.get("head"),
+            }
+        except (KeyError, TypeError, ValueError, LTAUInputError) as exc:
+            raise LTAUFileError(
+                f"{path}: its settings are incomplete or malformed ({exc})"
+            ) from exc
+        model = payload.get("model") if version == 1 else _rebuilt(payload, settings, path)
+        if not isinstance(model, torch.nn.Module):
+            raise LTAUFileError(f"{path} holds no model")
+        return cls(model=model.to(device).eval(), settings=settings, device=device, **trained)
 
     @classmethod
     def from_model(
@@ -159,8 +193,8 @@ class TrainedMACE(TrainingTimes):
         """A ``.model`` file written by ``mace_run_train`` (a pickled module) or by
         :meth:`save`, loaded without running code unless ``trusted``."""
         payload = load_pickled_model(path, device=device, trusted=trusted)
-        if isinstance(payload, dict) and payload.get("format") == "ltau-mace-model":
-            return cls.load(path, device=device, trusted=trusted)
+        if isinstance(payload, dict) and payload.get("format") == MODEL_FORMAT:
+            return cls._from_payload(payload, Path(path), device)
         if not isinstance(payload, torch.nn.Module):
             raise LTAUFileError(f"{path} holds a {type(payload).__name__}, not a mace model")
         return cls.from_model(payload, head=head, device=device)
@@ -455,6 +489,24 @@ def _build_model(
         atomic_inter_scale=float(np.atleast_1d(rms)[0]),
         atomic_inter_shift=float(np.atleast_1d(mean)[0]),
     )
+
+
+def _rebuilt(payload: dict, settings: MACESettings, source: Path) -> torch.nn.Module:
+    """The model of a version-2 file: built from its architecture, then its weights loaded."""
+    try:
+        architecture = json.loads(payload["architecture"])
+        state = dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LTAUFileError(f"{source}: its architecture or weights are missing ({exc})") from exc
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LTAUFileError(f"{source}: its weights are not all tensors")
+    with default_dtype(settings.dtype):
+        model = build_mace(architecture, source)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise LTAUFileError(f"{source}: its weights do not fit its architecture: {exc}") from exc
+    return model
 
 
 def _descriptor_size(model: torch.nn.Module) -> int:

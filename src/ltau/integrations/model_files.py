@@ -170,13 +170,20 @@ def _allowed_global(name: str, path: Path) -> Any:
         )
     try:
         found = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # a module may fail to import in many ways (e3nn without mace)
         raise LTAUFileError(
-            f"{path} names {name}, which this installation does not have ({exc}); is it a model "
-            "of another mace or e3nn version?"
+            f"{path} names {name}, which cannot be looked up here ({str(exc).splitlines()[0]}); "
+            "is it a model of another mace or e3nn version?"
         ) from exc
     if as_class and not isinstance(found, type):
         raise LTAUFileError(f"{path} names {name}, which is not a class; {TRUST_HINT}")
+    if as_class and f"{found.__module__}.{found.__qualname__}" != name:
+        # A class another package defines, imported into an allowlisted module (e.g. sympy's
+        # Poly in e3nn, whose constructor evaluates strings): not part of any model.
+        raise LTAUFileError(
+            f"{path} names {name}, which is {found.__module__}.{found.__qualname__} imported "
+            f"into an allowed package, not a model class; {TRUST_HINT}"
+        )
     return found
 
 

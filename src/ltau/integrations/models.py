@@ -94,9 +94,21 @@ def load_forcefield(
     except Exception as exc:
         raise LTAUFileError(f"{path} is not a readable PyTorch model file: {exc}") from exc
     packages = {name.split(".")[0] for name in names}
-    if "mace" in packages:
+    if "mace" in packages or (not names and _plain_data_format(path) == "ltau-mace-model"):
         return _mace(path, device, trusted, head)
     return _nequip(path, device, trusted)
+
+
+def _plain_data_format(path: Path) -> object:
+    """The ``format`` entry of a torch-saved file that names no globals (plain data, so
+    loading it with ``weights_only`` runs nothing), or None."""
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise LTAUFileError(f"{path} is not a readable PyTorch model file: {exc}") from exc
+    return payload.get("format") if isinstance(payload, dict) else None
 
 
 def _mace(path: Path, device: str, trusted: bool, head: str | None) -> ForceField:
