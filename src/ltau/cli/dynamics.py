@@ -65,9 +65,9 @@ def run(args: argparse.Namespace) -> None:
     outputs = [args.output]
     if args.output.suffix.lower() != ".csv":
         raise LTAUInputError(f"output must end in .csv; got {args.output.name!r}")
-    groups = None
+    sizes = None
     if args.groups is not None:
-        groups = groups_from_sizes(load_npy(args.groups))
+        sizes = load_npy(args.groups)
         args.group_output = args.group_output or args.output.with_suffix(".groups.csv")
         outputs.append(args.group_output)
     elif args.group_output is not None:
@@ -79,11 +79,7 @@ def run(args: argparse.Namespace) -> None:
     for path in outputs:
         check_output_path(path)
     with ErrorLog(args.log) as log:
-        if groups is not None and groups.size != log.n_samples:
-            raise LTAUInputError(
-                f"the group sizes in {args.groups} sum to {groups.size} but {args.log} has "
-                f"{log.n_samples} samples"
-            )
+        groups = None if sizes is None else groups_from_sizes(sizes, log.n_samples)
         result = training_dynamics(
             log,
             args.atol,
