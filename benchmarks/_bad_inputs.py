@@ -157,8 +157,8 @@ def flipped(source: str, name: str, position: float = 0.6) -> Callable[[Path, Pa
 
 
 def flipped_data(source: str, name: str) -> Callable[[Path, Path], None]:
-    """A copy of an HDF5 fixture with one byte of its largest dataset's stored data inverted:
-    a change to the content, which must be detected."""
+    """A copy of an HDF5 fixture with one byte of its largest dataset's stored values inverted
+    (uncompressed storage): a change to the content, which must be detected."""
 
     def build(f: Path, c: Path) -> None:
         import h5py
@@ -167,9 +167,9 @@ def flipped_data(source: str, name: str) -> Callable[[Path, Path], None]:
 
         def visit(item_name: str, item: Any) -> None:
             if isinstance(item, h5py.Dataset) and item.size:
-                if item.chunks:
-                    info = item.id.get_chunk_info(0)
-                    found.append((info.size, info.byte_offset))
+                if item.chunks:  # the stored values of the first chunk, not its spare room
+                    used = np.minimum(item.chunks, item.shape).prod() * item.dtype.itemsize
+                    found.append((int(used), item.id.get_chunk_info(0).byte_offset))
                 elif item.id.get_offset() is not None:
                     found.append((item.id.get_storage_size(), item.id.get_offset()))
 
@@ -2553,7 +2553,7 @@ def calibration_and_metric_cases() -> list[Case]:
         py(
             "works/metrics_spearman_constant",
             "metrics.spearman",
-            lambda f, c: metrics.spearman(np.ones(5), scores),
+            lambda f, c: metrics.spearman(np.ones(20), scores),
             None,
             check=lambda f, c, r: (
                 None
@@ -3109,6 +3109,29 @@ def all_cases(*, model: bool = True) -> list[Case]:
     return [case for case in cases if model or not case.needs_model]
 
 
+ELSEWHERE = {
+    "predict_estimator/fifo": "integrity: _io.open_checked opens a FIFO and blocks",
+    "estimator_save/read_only_dir": "integrity: _io.atomic_path lets PermissionError through",
+    "distributions_save/read_only_dir": "integrity: _io.atomic_path lets PermissionError through",
+    "recorder/log_read_only": "integrity: _io.atomic_path lets PermissionError through",
+    "recorder/log_is_dir": "integrity: recording calls a directory an existing log",
+    "recorder/record_after_close": "integrity: recording accepts an epoch after close()",
+    "error_log/members_string": "integrity: recording takes members='0' as a sequence",
+    "distributions_save/not_distributions": "integrity: save_distributions does not check its "
+    "argument",
+    "recorder/bins_not_bins": "numerics: HistogramAccumulator does not check bins",
+    "error_log/bins_not_bins": "numerics: HistogramAccumulator does not check bins",
+    "distributions_from_errors/complex": "numerics: from_errors converts with np.asarray",
+    "distributions_from_errors/complex_zero_imag": "numerics: from_errors converts with np.asarray",
+    "distributions_from_errors/strings": "numerics: from_errors converts with np.asarray",
+    "distributions_from_errors/datetime": "numerics: from_errors converts with np.asarray",
+    "widening/zero_scores": "numerics: DistanceWidening.fit takes zero OOD scores as positive",
+}
+"""Cases that failed when the matrix was written, in code a colleague owns: case -> the owner
+and the cause. :func:`summarize` reports each failure with its area (``badinput`` for the
+rest)."""
+
+
 # --------------------------------------------------------------------- runner
 @dataclass
 class Outcome:
@@ -3354,7 +3377,8 @@ def run_matrix(
     cleanly, naming the problem), ``valid_inputs_tried`` / ``valid_inputs_correct`` (odd but
     valid inputs and how many gave the right result), ``tracebacks``, ``silent_wrong``,
     ``hangs``, ``unclear_errors``, ``refused_valid``, ``harness_errors``, ``entry_points``,
-    ``failures`` (case name -> "category: detail") and ``seconds``.
+    ``failures`` (case name -> "category: detail"), ``failure_areas`` (case name -> who owns
+    the code at fault, see :data:`ELSEWHERE`) and ``seconds``.
     """
     started = time.perf_counter()
     root = Path(workdir)
@@ -3401,6 +3425,11 @@ def summarize(cases: Sequence[Case], outcomes: dict[str, Outcome], seconds: floa
         "entry_points": sorted({case.entry for case in cases}),
         "failures": {
             name: f"{outcome.category}: {outcome.detail}"
+            for name, outcome in outcomes.items()
+            if outcome.category not in ("clean", "correct")
+        },
+        "failure_areas": {
+            name: ELSEWHERE.get(name, "badinput").split(":")[0]
             for name, outcome in outcomes.items()
             if outcome.category not in ("clean", "correct")
         },

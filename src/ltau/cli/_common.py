@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltau._io import atomic_path
+from ltau._io import atomic_path, check_output_path
 from ltau.exceptions import LTAUFileError, LTAUInputError
 
 
@@ -57,6 +57,14 @@ def writable_directory(path: Path) -> Path:
         ) from exc
     os.close(descriptor)
     os.unlink(probe)
+    return path
+
+
+def output_file(path: Path) -> Path:
+    """Refuse, before any work, an output file path that is a directory, whose directory does
+    not exist or cannot be written to."""
+    check_output_path(path)
+    writable_directory(path.parent)
     return path
 
 

@@ -6,8 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ltau._io import check_output_path
-from ltau.cli._common import load_npy, write_csv
+from ltau.cli._common import load_npy, output_file, write_csv
 from ltau.dynamics import DynamicsTable, groups_from_sizes, training_dynamics
 from ltau.exceptions import LTAUInputError
 from ltau.recording import ErrorLog
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> None:
             raise LTAUInputError(f"the figure must be a .png; got {args.figure.name!r}")
         outputs.append(args.figure)
     for path in outputs:
-        check_output_path(path)
+        output_file(path)
     with ErrorLog(args.log) as log:
         groups = None if sizes is None else groups_from_sizes(sizes, log.n_samples)
         result = training_dynamics(

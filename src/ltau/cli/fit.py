@@ -6,8 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ltau._io import check_output_path
-from ltau.cli._common import int_value, pairs, read_descriptors
+from ltau.cli._common import int_value, output_file, pairs, read_descriptors
 from ltau.distributions import load_distributions
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
@@ -61,7 +60,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Fit and save the estimator."""
-    check_output_path(args.output)
+    output_file(args.output)
     descriptors, model = read_descriptors(args.descriptors)
     metadata = pairs(args.metadata)
     if model is not None:
