@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> None:
         )
         return
     try:
-        from ltau.atomistic.pipeline import VALIDATION_GROUP_KEYS
-        from ltau.demo.forcefield import PipelineConfig, run_emt_demo, run_files
+        from ltau.atomistic.pipeline import VALIDATION_GROUP_KEYS, check_in_domain
+        from ltau.demo.forcefield import EMT_TEST_SETS, PipelineConfig, run_emt_demo, run_files
         from ltau.integrations.mace import MACESettings
     except ImportError as exc:
         raise LTAUInputError(
@@ -84,11 +84,8 @@ def run(args: argparse.Namespace) -> None:
         raise LTAUInputError("--test needs --train")
     if args.train is not None and not tests:
         raise LTAUInputError("--train needs at least one --test NAME=PATH")
-    if args.in_domain is not None and args.in_domain not in (tests or {"test_in_domain": 0}):
-        raise LTAUInputError(
-            f"--in-domain {args.in_domain!r} names no test set; the test sets are "
-            f"{', '.join(repr(name) for name in tests or ['test_in_domain'])}"
-        )
+    if args.in_domain is not None:
+        check_in_domain(tests or dict.fromkeys(EMT_TEST_SETS), args.in_domain)
     check_device(args.device)
     config = PipelineConfig(
         epochs=args.epochs or 40,
