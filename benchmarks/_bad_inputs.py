@@ -949,7 +949,7 @@ def option_cases() -> list[Case]:
         cases.append(
             Case(
                 name,
-                f"ltau {words[0] if words else ''}".strip(),
+                f"ltau {words[0]}" if name.split("/")[0] != "cli" else "ltau",
                 argv=tuple(words),
                 message=pattern,
             )
