@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ase
 import ase.io
 import numpy as np
 import pytest
@@ -275,3 +276,26 @@ def test_a_class_imported_into_an_allowed_package_is_refused(tmp_path):
     ):
         load_pickled_model(tmp_path / "evil.model")
     assert not marker.exists()
+
+
+def test_calculator_refuses_what_it_cannot_compute_and_warns_without_fingerprint(
+    trained, tmp_path, caplog
+):
+    structures, model, recorder = trained
+    evaluation = evaluate_mace(model, structures)
+    estimator = LTAUEstimator(3).fit(evaluation.descriptors, recorder.distributions(n_bins=10))
+    with caplog.at_level("WARNING", logger="ltau"):
+        calculator = LTAUCalculator(model, estimator)
+    assert "records no model fingerprint" in caplog.text
+    atoms = structures.atoms[0].copy()
+    atoms.positions[1, 2] = np.nan
+    atoms.calc = calculator
+    with pytest.raises(LTAUInputError, match="atom 1 has a non-finite position"):
+        atoms.get_potential_energy()
+    empty = ase.Atoms()
+    empty.calc = calculator
+    with pytest.raises(LTAUInputError, match="no atoms"):
+        empty.get_potential_energy()
+    model.save(tmp_path / "model.pt")
+    with pytest.raises(LTAUInputError, match="no head 'absent'"):
+        TrainedMACE.from_file(tmp_path / "model.pt", head="absent")

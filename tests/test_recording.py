@@ -290,7 +290,7 @@ def test_bad_record_input_is_refused_and_leaves_the_epoch_intact(tmp_path):
         (([2, 3, 2], [0.1, 0.2, 0.3]), r"sample 2 was recorded twice in one epoch"),
         (([3, 1], [0.1, 0.2]), r"sample 1 was recorded twice in one epoch"),
         ((["a"], [0.1]), r"ids must be integers"),
-        (([2], ["x"]), r"errors must be a numeric array"),
+        (([2], ["x"]), r"errors must hold real numbers, not strings"),
     ]
     for (ids, errors), match in cases:
         with pytest.raises(LTAUInputError, match=match):

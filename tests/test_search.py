@@ -170,7 +170,7 @@ def test_bad_build_and_search_input():
         NeighborIndex("exact").build(np.empty((0, 3)))
     with pytest.raises(LTAUInputError, match=r"descriptors must be 2-D"):
         NeighborIndex("exact").build(np.zeros(3))
-    with pytest.raises(LTAUInputError, match="must be a numeric array"):
+    with pytest.raises(LTAUInputError, match="must hold real numbers, not strings"):
         NeighborIndex("exact").build([["a", "b"]])
     index = NeighborIndex("exact").build(data)
     with pytest.raises(LTAUInputError, match="k=301 neighbours requested but only 300"):

@@ -16,13 +16,57 @@ import numpy as np
 
 from ltau.exceptions import LTAUInputError
 
+MAX_BINS = 100_000
+"""The most histogram bins ltau builds: every sample's distribution holds one count per bin,
+so memory grows as samples x bins; far fewer bins than recorded errors per sample are useful."""
+
+_NOT_REAL = {
+    "c": "complex numbers (the imaginary part would be dropped)",
+    "U": "strings",
+    "S": "bytes",
+    "M": "dates",
+    "m": "time spans",
+    "V": "structured records",
+}
+
+
+def real_array(values: object, name: str, dtype: type = np.float64) -> np.ndarray:
+    """``values`` as an array of real numbers of ``dtype``: the one conversion of numeric
+    input. Complex numbers, strings, dates and records are refused rather than converted (NumPy
+    would drop an imaginary part or parse ``"1.5"``), as are values that overflow ``dtype``."""
+    try:
+        raw = np.asarray(values)
+        if raw.dtype.kind == "O":
+            raw = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise LTAUInputError(f"{name} must be a numeric array: {exc}") from exc
+    if raw.dtype.kind in _NOT_REAL:
+        raise LTAUInputError(f"{name} must hold real numbers, not {_NOT_REAL[raw.dtype.kind]}")
+    with np.errstate(over="ignore"):
+        array = raw.astype(dtype, copy=False)
+    if raw.dtype.kind == "f" and array.dtype != raw.dtype:
+        overflow = np.isfinite(raw) & ~np.isfinite(array)
+        if overflow.any():
+            position = tuple(int(i) for i in np.argwhere(overflow)[0])
+            raise LTAUInputError(
+                f"{name} holds {raw[position]} at index {position}, too large for {array.dtype}"
+            )
+    return array
+
+
+def bin_count(value: object, name: str = "n_bins") -> int:
+    """A number of histogram bins: an int in ``[1, MAX_BINS]``."""
+    count = positive_int(value, name)
+    if count > MAX_BINS:
+        raise LTAUInputError(
+            f"{name} must be at most {MAX_BINS} (each sample keeps one count per bin); got {count}"
+        )
+    return count
+
 
 def as_float_matrix(values: object, name: str, *, dtype: type = np.float32) -> np.ndarray:
     """Return ``values`` as a C-contiguous 2-D float array, rejecting empty or non-finite input."""
-    try:
-        array = np.asarray(values, dtype=dtype)
-    except (TypeError, ValueError) as exc:
-        raise LTAUInputError(f"{name} must be a numeric array: {exc}") from exc
+    array = real_array(values, name, dtype)
     if array.ndim != 2:
         raise LTAUInputError(f"{name} must be 2-D (n_samples, n_features); got shape {array.shape}")
     if array.shape[0] == 0 or array.shape[1] == 0:
@@ -33,10 +77,7 @@ def as_float_matrix(values: object, name: str, *, dtype: type = np.float32) -> n
 
 def as_error_vector(values: object, name: str = "errors") -> np.ndarray:
     """Return ``values`` as a 1-D float32 array of finite, non-negative errors."""
-    try:
-        array = np.asarray(values, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise LTAUInputError(f"{name} must be a numeric array: {exc}") from exc
+    array = real_array(values, name, np.float32)
     if array.ndim != 1:
         raise LTAUInputError(f"{name} must be 1-D (one error per sample); got shape {array.shape}")
     check_finite(array, name)
@@ -72,7 +113,7 @@ def check_finite(array: np.ndarray, name: str) -> None:
 
 def as_probabilities(values: float | Iterable[float], name: str) -> np.ndarray:
     """Return ``values`` as a 1-D float64 array of numbers in [0, 1]."""
-    array = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    array = np.atleast_1d(real_array(values, name))
     if array.ndim != 1 or array.size == 0:
         raise LTAUInputError(f"{name} must be a number or a non-empty list of numbers")
     if not np.all((array >= 0) & (array <= 1)):
@@ -139,8 +180,8 @@ def tolerances(atol: object) -> np.ndarray:
     magnitudes, so ``P(error > 0)`` and "any error counts" are well defined.
     """
     try:
-        values = np.asarray(atol, dtype=np.float64)
-    except (TypeError, ValueError):
+        values = real_array(atol, "atol")
+    except LTAUInputError:
         values = np.array([np.nan])
     if values.ndim > 1 or not np.all(np.isfinite(values)) or np.any(values < 0):
         raise LTAUInputError(
@@ -171,7 +212,7 @@ def group_labels(groups: object, n: int, what: str = "sample") -> np.ndarray:
 
 def paired_vectors(*arrays: Any, names: tuple[str, ...]) -> list[np.ndarray]:
     """``arrays`` as 1-D float64 arrays, each non-empty and finite, all of one length."""
-    values = [np.asarray(array, dtype=np.float64) for array in arrays]
+    values = [real_array(array, name) for array, name in zip(arrays, names, strict=True)]
     for value, name in zip(values, names, strict=True):
         if value.ndim != 1:
             raise LTAUInputError(f"{name} must be 1-D; got shape {value.shape}")
@@ -219,7 +260,7 @@ def checked_levels(levels: Any) -> np.ndarray:
 
 def non_negative_vector(values: Any, name: str, n: int) -> np.ndarray:
     """``values`` as float64 of shape ``(n,)``, finite and >= 0."""
-    array = np.asarray(values, dtype=np.float64)
+    array = real_array(values, name)
     if array.shape != (n,):
         raise LTAUInputError(f"{name} must have shape ({n},); got {array.shape}")
     if not np.all(np.isfinite(array)) or np.any(array < 0):

@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from ltau._checks import group_labels, non_negative_int, positive_int, tolerance
+from ltau._checks import group_labels, non_negative_int, positive_int, real_array, tolerance
 from ltau.exceptions import LTAUInputError
 from ltau.recording import ErrorLog
 
@@ -73,18 +73,26 @@ class TrainingDynamics:
     group_reduce: GroupReduce | None = None
 
 
-def groups_from_sizes(sizes: Sequence[int] | np.ndarray) -> np.ndarray:
+def groups_from_sizes(
+    sizes: Sequence[int] | np.ndarray, n_samples: int | None = None
+) -> np.ndarray:
     """Group id of every sample from group sizes (for example atoms per configuration), in
-    order: ``[0] * sizes[0] + [1] * sizes[1] + ...``; int64 ``(sum(sizes),)``."""
+    order: ``[0] * sizes[0] + [1] * sizes[1] + ...``; int64 ``(sum(sizes),)``. With
+    ``n_samples``, the sizes must sum to it (checked before anything is allocated)."""
     array = np.asarray(sizes)
+    if not np.issubdtype(array.dtype, np.integer):
+        array = real_array(sizes, "group sizes")
     if array.ndim != 1 or array.size == 0:
         raise LTAUInputError(f"group sizes must be a non-empty 1-D array; got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.integer):
-        if not np.issubdtype(array.dtype, np.floating) or not np.all(array == np.round(array)):
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
             raise LTAUInputError(f"group sizes must be integers; got dtype {array.dtype}")
     array = array.astype(np.int64)
     if array.min() < 1:
         raise LTAUInputError(f"group sizes must be positive; found {int(array.min())}")
+    total = sum(int(size) for size in array)
+    if n_samples is not None and total != n_samples:
+        raise LTAUInputError(f"the group sizes sum to {total} but there are {n_samples} samples")
     return np.repeat(np.arange(array.size, dtype=np.int64), array)
 
 

@@ -692,6 +692,8 @@ class LTAUEstimator:
         atol_values = np.empty(0) if atol is None else np.atleast_1d(tolerances(atol))
         levels = as_probabilities(quantiles, "quantiles") if quantiles is not None else np.empty(0)
         if confidence is not None:
+            if np.ndim(confidence) != 0:
+                raise LTAUInputError(f"confidence must be one number; got {confidence!r}")
             confidence = float(as_probabilities(confidence, "confidence")[0])
         boolean(return_pdf, "return_pdf")
         return atol_values, levels, confidence

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ltau._checks import as_probabilities, positive_int, tolerances
+from ltau._checks import as_probabilities, bin_count, real_array, tolerances
 from ltau.exceptions import LTAUInputError
 
 Spacing = Literal["log", "linear", "custom"]
@@ -47,7 +47,7 @@ class Bins:
     spacing: Spacing = "custom"
 
     def __post_init__(self) -> None:
-        edges = np.asarray(self.edges, dtype=np.float64)
+        edges = real_array(self.edges, "bin edges")
         if edges.ndim != 1 or edges.size < 2:
             raise LTAUInputError(f"bin edges must be 1-D with at least 2 values; got {edges.shape}")
         if not np.all(np.isfinite(edges)):
@@ -80,7 +80,7 @@ class Bins:
     @classmethod
     def log(cls, low: float, high: float, n_bins: int = 100) -> Bins:
         """``n_bins`` log-spaced bins from ``low`` to ``high`` (both > 0)."""
-        n_bins = positive_int(n_bins, "n_bins")
+        n_bins = bin_count(n_bins)
         if not (np.isfinite(low) and np.isfinite(high) and 0 < low < high):
             raise LTAUInputError(f"log bins need 0 < low < high; got low={low}, high={high}")
         return cls(np.geomspace(low, high, n_bins + 1), "log")
@@ -88,7 +88,7 @@ class Bins:
     @classmethod
     def linear(cls, low: float, high: float, n_bins: int = 100) -> Bins:
         """``n_bins`` equal-width bins from ``low`` (>= 0) to ``high``."""
-        n_bins = positive_int(n_bins, "n_bins")
+        n_bins = bin_count(n_bins)
         if not (np.isfinite(low) and np.isfinite(high) and 0 <= low < high):
             raise LTAUInputError(f"linear bins need 0 <= low < high; got low={low}, high={high}")
         return cls(np.linspace(low, high, n_bins + 1), "linear")
@@ -208,10 +208,7 @@ def checked_mass(mass: Any, bins: Bins, name: str = "mass") -> np.ndarray:
     Rows may deviate from 1 by at most :data:`MASS_TOLERANCE`; raises LTAUInputError.
     """
     checked_bins(bins)
-    try:
-        array = np.asarray(mass, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise LTAUInputError(f"{name} must be a numeric array: {exc}") from exc
+    array = real_array(mass, name)
     if array.ndim != 2 or array.shape[1] != bins.n_bins:
         raise LTAUInputError(
             f"{name} must have shape (n, {bins.n_bins}) to match the bins; got {array.shape}"

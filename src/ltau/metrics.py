@@ -56,6 +56,8 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     Equals the Mann-Whitney U statistic over ``n_pos * n_neg`` (ties count one half).
     """
     scores, labels = paired_vectors(scores, labels, names=("scores", "labels"))
+    if not np.all((labels == 0) | (labels == 1)):
+        raise LTAUInputError("labels must be binary (0/1 or False/True)")
     positive = labels.astype(bool)
     if positive.all() or not positive.any():
         raise LTAUInputError("AUROC needs both positive and negative labels")

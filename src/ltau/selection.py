@@ -120,6 +120,10 @@ def burn_in_candidates(
     left (a trainer that drops a last partial batch skips a few configurations each epoch) is
     not a candidate.
     """
+    if not isinstance(source, (ErrorLog, ErrorRecorder)):
+        raise LTAUInputError(
+            f"source must be an ErrorLog or an ErrorRecorder; got {type(source).__name__}"
+        )
     epochs = source.epochs_by_member
     chosen = epochs if members is None else {m: epochs.get(m, 0) for m in members}
     n_epochs = min(chosen.values(), default=0)
@@ -171,6 +175,8 @@ def choose_configuration(
     on the held-out fold; ties keep the earlier setting. Returns ``{"k", "skip_epochs",
     "distance_scale", "cv_crps": {"skip_epochs=S,k=K,distance_scale=D": CRPS}}``.
     """
+    if not candidates:
+        raise LTAUInputError("candidates is empty: give at least one burn-in's distributions")
     as_error_vector(validation_errors, "validation errors")
     errors = np.asarray(validation_errors, dtype=np.float64)
     n = errors.shape[0]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ltau._checks import positive_number
+from ltau._checks import is_real, paired_vectors, positive_number, real_array
 from ltau.dynamics import DynamicsTable
 from ltau.exceptions import LTAUInputError
 
@@ -60,9 +60,7 @@ class TuningStrategy:
     drop_quantile: float | None = None
 
     def __post_init__(self) -> None:
-        positive_number(self.power, "power")
-        if not (0 < self.low <= 1 <= self.high < np.inf):
-            raise LTAUInputError(f"need 0 < low <= 1 <= high; got low={self.low}, high={self.high}")
+        _check_weight_rule(self.power, self.low, self.high)
         if self.drop_quantile is not None and not 0 < self.drop_quantile < 1:
             raise LTAUInputError(f"drop_quantile must lie in (0, 1); got {self.drop_quantile}")
 
@@ -91,7 +89,8 @@ def hardness_weights(
     ``mean_error``: ``(n,)`` finite, positive. The bounds are met by one common scale factor
     ``c`` with ``mean(clip(c * raw, low, high)) = 1`` (the mean is monotone in ``c``).
     """
-    values = np.asarray(mean_error, dtype=np.float64)
+    _check_weight_rule(power, low, high)
+    values = real_array(mean_error, "mean_error")
     if values.ndim != 1 or values.size == 0:
         raise LTAUInputError(f"mean_error must be a non-empty 1-D array; got {values.shape}")
     if not np.all(np.isfinite(values)) or values.min() <= 0:
@@ -115,9 +114,20 @@ def suspicious_configs(
 ) -> np.ndarray:
     """Boolean mask ``(n,)``: mean error above its ``1 - quantile`` quantile and relative
     variability ``error_std / mean_error`` below its median."""
-    mean = np.asarray(mean_error, dtype=np.float64)
-    relative = np.asarray(error_std, dtype=np.float64) / mean
+    mean, std = paired_vectors(mean_error, error_std, names=("mean_error", "error_std"))
+    if mean.min() <= 0 or std.min() < 0:
+        raise LTAUInputError("mean errors must be positive and their std non-negative")
+    if not (is_real(quantile) and 0 < quantile < 1):
+        raise LTAUInputError(f"quantile must lie in (0, 1); got {quantile!r}")
+    relative = std / mean
     return (mean > np.quantile(mean, 1.0 - quantile)) & (relative < np.median(relative))
+
+
+def _check_weight_rule(power: float, low: float, high: float) -> None:
+    """The weights' exponent ``power > 0`` and bounds ``0 < low <= 1 <= high < inf``."""
+    positive_number(power, "power")
+    if not (is_real(low) and is_real(high) and 0 < low <= 1 <= high < np.inf):
+        raise LTAUInputError(f"need 0 < low <= 1 <= high; got low={low}, high={high}")
 
 
 def _check_table(table: DynamicsTable) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ keeps them as per-atom columns.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -34,6 +35,8 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from ltau._checks import tolerance
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
+
+logger = logging.getLogger(__name__)
 
 PER_ATOM_RESULTS = ("ltau_expected_force_error", "ltau_p_exceed", "ltau_ood_score")
 
@@ -78,6 +81,13 @@ class LTAUCalculatorBase(Calculator):
             )
         expected = (getattr(estimator, "metadata_", None) or {}).get("model_sha256")
         found = self.model_fingerprint
+        if not expected:
+            logger.warning(
+                "the estimator records no model fingerprint (metadata 'model_sha256'), so it "
+                "cannot be checked to be fitted on this model's descriptors; fit it with "
+                "'ltau fit --descriptors <the .npz of ltau descriptors>' or save it with that "
+                "metadata"
+            )
         if expected and found and expected != found:
             raise LTAUInputError(
                 "the estimator was fitted on the descriptors of another model: it records "
@@ -109,6 +119,13 @@ class LTAUCalculatorBase(Calculator):
         system_changes: Sequence[str] = all_changes,
     ) -> None:
         super().calculate(atoms, properties, system_changes)
+        if len(self.atoms) == 0:
+            raise LTAUInputError("the structure has no atoms")
+        if not np.all(np.isfinite(self.atoms.positions)):
+            atom = int(np.flatnonzero(~np.isfinite(self.atoms.positions).all(axis=1))[0])
+            raise LTAUInputError(f"atom {atom} has a non-finite position (NaN or infinity)")
+        if not np.all(np.isfinite(self.atoms.cell.array)):
+            raise LTAUInputError("the cell holds NaN or infinity")
         output = self.evaluate_model(self.atoms, compute_stress=bool(self.atoms.pbc.all()))
         n_atoms = len(output.descriptors)
         prediction = self.estimator.predict(

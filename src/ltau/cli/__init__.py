@@ -1,6 +1,7 @@
 """The ``ltau`` command: one module per subcommand, each with ``add_parser`` and ``run``.
 
-Errors in input exit with status 2 and one line on standard error that names the problem.
+Errors in input, and files the system refuses to read or write, exit with status 2 and one
+line on standard error that names the problem.
 Progress and results are reported through :mod:`logging` (``-v`` for more, ``-q`` for
 warnings only); long work shows a progress bar.
 """
@@ -64,6 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except (LTAUInputError, LTAUFileError) as exc:
         sys.stderr.write(f"ltau {args.command}: error: {exc}\n")
+        return 2
+    except OSError as exc:  # the system refused a file operation (permissions, disk full...)
+        where = f" {exc.filename}" if exc.filename else ""
+        sys.stderr.write(
+            f"ltau {args.command}: error: cannot access{where}: {exc.strerror or exc}\n"
+        )
         return 2
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ltau._io import atomic_path
+from ltau._io import atomic_path, check_output_path
 from ltau.exceptions import LTAUFileError, LTAUInputError
 
 
@@ -28,10 +30,47 @@ def add_test_set_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--forces-key", default="REF_forces", help="arrays key of forces")
 
 
-def load_npy(path: Path) -> np.ndarray:
-    """Load a numeric .npy array without pickle, with errors that name the file."""
+def input_file(path: Path) -> Path:
+    """``path`` if it is a regular file (a directory or a FIFO, which would block reading,
+    is refused)."""
     if not path.exists():
         raise LTAUFileError(f"{path} does not exist")
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file"
+        raise LTAUFileError(f"{path} is {what}; expected a file")
+    return path
+
+
+def writable_directory(path: Path) -> Path:
+    """Refuse an output directory that cannot be created or written to, before any work; the
+    directory itself is created later, by the command that fills it."""
+    if path.exists() and not path.is_dir():
+        raise LTAUFileError(f"{path} is a file, not a directory")
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    if not existing.is_dir():
+        raise LTAUFileError(f"{path} cannot be created: {existing} is a file")
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".ltau-probe-", dir=existing)
+    except OSError as exc:
+        raise LTAUFileError(
+            f"{path} cannot be written: {existing} is not writable ({exc.strerror})"
+        ) from exc
+    os.close(descriptor)
+    os.unlink(probe)
+    return path
+
+
+def output_file(path: Path) -> Path:
+    """Refuse, before any work, an output file path that is a directory, whose directory does
+    not exist or cannot be written to."""
+    check_output_path(path)
+    writable_directory(path.parent)
+    return path
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """Load a numeric .npy array without pickle, with errors that name the file."""
+    input_file(path)
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -44,10 +83,21 @@ def load_npy(path: Path) -> np.ndarray:
 def load_descriptors(path: Path, expected_model: str | None = None) -> np.ndarray:
     """Query descriptors from a .npy array or the .npz of ``ltau descriptors``; the latter's
     model fingerprint must equal ``expected_model`` (the estimator's) when both are known."""
+    descriptors, found = read_descriptors(path)
+    if expected_model and found and expected_model != found:
+        raise LTAUInputError(
+            f"{path} holds descriptors of another model (SHA-256 {found[:16]}...) than the "
+            f"estimator was fitted on ({expected_model[:16]}...)"
+        )
+    return descriptors
+
+
+def read_descriptors(path: Path) -> tuple[np.ndarray, str | None]:
+    """Descriptors from a .npy array or the .npz of ``ltau descriptors``, and the SHA-256 of
+    the model that computed them (None when the file does not say)."""
     if path.suffix.lower() != ".npz":
-        return load_npy(path)
-    if not path.exists():
-        raise LTAUFileError(f"{path} does not exist")
+        return load_npy(path), None
+    input_file(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             descriptors = archive["descriptors"]
@@ -56,12 +106,7 @@ def load_descriptors(path: Path, expected_model: str | None = None) -> np.ndarra
         raise LTAUFileError(
             f"{path} is not a descriptors archive of 'ltau descriptors': {exc}"
         ) from exc
-    if expected_model and found and expected_model != found:
-        raise LTAUInputError(
-            f"{path} holds descriptors of another model (SHA-256 {found[:16]}...) than the "
-            f"estimator was fitted on ({expected_model[:16]}...)"
-        )
-    return descriptors
+    return descriptors, found
 
 
 def write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:

@@ -29,6 +29,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_device(device: str) -> str:
+    """``device`` if torch knows it and it is present here (``cpu``, ``cuda``, ``cuda:1``...)."""
+    import torch
+
+    try:
+        found = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise LTAUInputError(f"--device {device!r} is not a torch device: {exc}") from exc
+    if found.type == "cuda" and not torch.cuda.is_available():
+        raise LTAUInputError(f"--device {device!r}: no CUDA device is available here")
+    return device
+
+
 def load_model(args: argparse.Namespace) -> Any:
     """The :class:`~ltau.integrations.models.ForceField` the model options name."""
     try:

@@ -6,9 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from ltau._io import check_output_path
 from ltau.calibration import CALIBRATION_METHODS
-from ltau.cli._common import load_npy
+from ltau.cli._common import load_npy, output_file
 from ltau.estimator import LTAUEstimator
 
 logger = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Calibrate a saved estimator on validation data and save the result."""
-    check_output_path(args.output)
+    output_file(args.output)
     estimator = LTAUEstimator.load(args.estimator)
     estimator.calibrate(
         load_npy(args.descriptors),

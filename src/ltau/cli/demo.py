@@ -6,8 +6,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from ltau._checks import positive_int
 from ltau.calibration import CALIBRATION_METHODS
-from ltau.cli._common import add_test_set_options, pairs
+from ltau.cli._common import add_test_set_options, pairs, writable_directory
+from ltau.cli._models import check_device
 from ltau.exceptions import LTAUInputError
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ def run(args: argparse.Namespace) -> None:
     """Run the demo that ``args`` selects."""
     if args.epochs is not None and args.epochs < 1:
         raise LTAUInputError(f"epochs must be a positive integer; got {args.epochs}")
+    positive_int(args.models, "--models")
+    writable_directory(args.output_dir)
     if args.task == "tabular":
         try:
             from ltau.demo.tabular import run_tabular_demo
@@ -68,8 +72,8 @@ def run(args: argparse.Namespace) -> None:
         )
         return
     try:
-        from ltau.atomistic.pipeline import VALIDATION_GROUP_KEYS
-        from ltau.demo.forcefield import PipelineConfig, run_emt_demo, run_files
+        from ltau.atomistic.pipeline import VALIDATION_GROUP_KEYS, check_in_domain
+        from ltau.demo.forcefield import EMT_TEST_SETS, PipelineConfig, run_emt_demo, run_files
         from ltau.integrations.mace import MACESettings
     except ImportError as exc:
         raise LTAUInputError(
@@ -78,6 +82,11 @@ def run(args: argparse.Namespace) -> None:
     tests = {name: Path(path) for name, path in pairs(args.test).items()}
     if tests and args.train is None:
         raise LTAUInputError("--test needs --train")
+    if args.train is not None and not tests:
+        raise LTAUInputError("--train needs at least one --test NAME=PATH")
+    if args.in_domain is not None:
+        check_in_domain(tests or dict.fromkeys(EMT_TEST_SETS), args.in_domain)
+    check_device(args.device)
     config = PipelineConfig(
         epochs=args.epochs or 40,
         settings=MACESettings(seed=args.seed),
@@ -91,8 +100,6 @@ def run(args: argparse.Namespace) -> None:
     if args.train is None:
         run_emt_demo(args.output_dir, config)
         return
-    if not tests:
-        raise LTAUInputError("--train needs at least one --test NAME=PATH")
     run_files(
         args.output_dir,
         config,

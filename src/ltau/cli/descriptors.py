@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ltau._io import atomic_path, check_output_path
+from ltau._io import atomic_path
+from ltau.cli._common import output_file
 from ltau.cli._models import add_model_options, load_model
 from ltau.exceptions import LTAUInputError
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> None:
     suffix = args.output.suffix.lower()
     if suffix not in (".npy", ".npz"):
         raise LTAUInputError(f"output must end in .npy or .npz; got {args.output.name!r}")
-    check_output_path(args.output)
+    output_file(args.output)
     structures = read_structures(
         args.structures, energy_key=None, forces_key=None, require_forces=False
     )

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ltau._io import check_output_path
+from ltau.cli._common import output_file
 from ltau.distributions import save_distributions
 from ltau.histogram import Bins
 from ltau.recording import ErrorLog
@@ -46,7 +46,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Build the distributions of ``args.log`` and save them."""
-    check_output_path(args.output)
+    output_file(args.output)
     bins = Bins.from_range(*args.range, args.bins, args.spacing) if args.range else None
     with ErrorLog(args.log) as log:
         distributions = log.distributions(

@@ -6,8 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ltau._io import check_output_path
-from ltau.cli._common import load_npy, write_csv
+from ltau.cli._common import load_npy, output_file, write_csv
 from ltau.dynamics import DynamicsTable, groups_from_sizes, training_dynamics
 from ltau.exceptions import LTAUInputError
 from ltau.recording import ErrorLog
@@ -65,9 +64,9 @@ def run(args: argparse.Namespace) -> None:
     outputs = [args.output]
     if args.output.suffix.lower() != ".csv":
         raise LTAUInputError(f"output must end in .csv; got {args.output.name!r}")
-    groups = None
+    sizes = None
     if args.groups is not None:
-        groups = groups_from_sizes(load_npy(args.groups))
+        sizes = load_npy(args.groups)
         args.group_output = args.group_output or args.output.with_suffix(".groups.csv")
         outputs.append(args.group_output)
     elif args.group_output is not None:
@@ -77,13 +76,9 @@ def run(args: argparse.Namespace) -> None:
             raise LTAUInputError(f"the figure must be a .png; got {args.figure.name!r}")
         outputs.append(args.figure)
     for path in outputs:
-        check_output_path(path)
+        output_file(path)
     with ErrorLog(args.log) as log:
-        if groups is not None and groups.size != log.n_samples:
-            raise LTAUInputError(
-                f"the group sizes in {args.groups} sum to {groups.size} but {args.log} has "
-                f"{log.n_samples} samples"
-            )
+        groups = None if sizes is None else groups_from_sizes(sizes, log.n_samples)
         result = training_dynamics(
             log,
             args.atol,

@@ -6,10 +6,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from ltau._io import check_output_path
-from ltau.cli._common import int_value, load_npy, pairs
+from ltau.cli._common import int_value, output_file, pairs, read_descriptors
 from ltau.distributions import load_distributions
 from ltau.estimator import LTAUEstimator
+from ltau.exceptions import LTAUInputError
 from ltau.search import INDEX_DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -22,7 +22,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="fit an estimator from training descriptors and distributions",
         description="Index training descriptors (row i <-> sample i) and save the estimator.",
     )
-    parser.add_argument("--descriptors", type=Path, required=True, help="(n_samples, dim) .npy")
+    parser.add_argument(
+        "--descriptors",
+        type=Path,
+        required=True,
+        help="(n_samples, dim) .npy, or the .npz of 'ltau descriptors' (the estimator then "
+        "records its model's fingerprint, which 'ltau predict' and 'ltau relax' check)",
+    )
     parser.add_argument("--distributions", type=Path, required=True, help="distributions file")
     parser.add_argument("-o", "--output", type=Path, required=True, help="estimator file (.h5)")
     parser.add_argument("-k", "--neighbors", type=int, default=10, help="neighbours per query (10)")
@@ -54,8 +60,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Fit and save the estimator."""
-    check_output_path(args.output)
-    descriptors = load_npy(args.descriptors)
+    output_file(args.output)
+    descriptors, model = read_descriptors(args.descriptors)
+    metadata = pairs(args.metadata)
+    if model is not None:
+        if metadata.setdefault("model_sha256", model) != model:
+            raise LTAUInputError(
+                f"--metadata model_sha256 disagrees with the model {args.descriptors} records"
+            )
     distributions = load_distributions(args.distributions)
     estimator = LTAUEstimator(
         args.neighbors,
@@ -65,5 +77,5 @@ def run(args: argparse.Namespace) -> None:
         index_params={k: int_value(k, v) for k, v in pairs(args.index_param).items()},
     )
     estimator.fit(descriptors, distributions)
-    estimator.save(args.output, metadata=pairs(args.metadata))
+    estimator.save(args.output, metadata=metadata)
     logger.info(f"wrote {args.output}: {estimator!r} on {descriptors.shape[0]} samples")

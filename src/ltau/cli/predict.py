@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ltau._io import atomic_path, check_output_path
-from ltau.cli._common import load_descriptors, load_npy, write_csv
+from ltau._io import atomic_path
+from ltau.cli._common import load_descriptors, load_npy, output_file, write_csv
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
         raise LTAUInputError(f"output must end in .csv, .npy or .npz; got {args.output.name!r}")
     if args.pdf and suffix != ".npz":
         raise LTAUInputError("--pdf needs an .npz output")
-    check_output_path(args.output)
+    output_file(args.output)
     estimator = LTAUEstimator.load(args.estimator)
     prediction = estimator.predict(
         load_descriptors(args.descriptors, estimator.metadata_.get("model_sha256")),

@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ltau._io import atomic_path
+from ltau.cli._common import writable_directory
 from ltau.cli._models import add_model_options, load_model
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUFileError, LTAUInputError
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> None:
             f"relax needs ASE (the 'mace' extra: pip install 'ltau[mace]'): {exc}"
         ) from exc
     check_settings(args.optimizer, args.fmax, args.steps)
+    writable_directory(args.output_dir)
     stop = check_stop_thresholds(
         {
             name: getattr(args, f"stop_{name}")
@@ -96,8 +98,6 @@ def run(args: argparse.Namespace) -> None:
                 "not trained on"
             )
     calculator = forcefield.calculator(estimator, atol=float(atol))
-    if args.output_dir.is_file():
-        raise LTAUFileError(f"{args.output_dir} is a file, not a directory")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for position, atoms in enumerate(tqdm(initial, desc="relaxing", unit="structure")):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ltau.cli._common import add_test_set_options, pairs
+from ltau.cli._common import add_test_set_options, pairs, writable_directory
 from ltau.cli._models import add_model_options, load_model
 from ltau.exceptions import LTAUInputError
 
@@ -39,8 +39,7 @@ def run(args: argparse.Namespace) -> None:
     tests = {name: Path(path) for name, path in pairs(args.test).items()}
     if not tests:
         raise LTAUInputError("give at least one --test NAME=PATH")
-    if args.output_dir.is_file():
-        raise LTAUInputError(f"{args.output_dir} is a file, not a directory")
+    writable_directory(args.output_dir)
     forcefield = load_model(args)
     test_sets = {
         name: read_structures(

@@ -29,6 +29,10 @@ from ltau.exceptions import LTAUInputError
 from ltau.integrations.mace import MACESettings, TrainedMACE, evaluate_mace, train_mace
 from ltau.recording import ErrorRecorder
 
+EMT_TEST_SETS = ("test_in_domain", "test_shifted")
+"""The test sets of the built-in EMT demo: 900 K MD of the trained systems, and unseen
+metal/adsorbate pairs."""
+
 
 @dataclass
 class PipelineConfig:
@@ -133,7 +137,7 @@ def run_emt_demo(output_dir: Path, config: PipelineConfig) -> dict:
         )
     elements = sorted({s for atoms in splits["train"] for s in atoms.get_chemical_symbols()})
     e0s = {atomic_numbers[e]: v for e, v in isolated_atom_energies(elements).items()}
-    tests = {name: labelled[name] for name in ("test_in_domain", "test_shifted")}
+    tests = {name: labelled[name] for name in EMT_TEST_SETS}
     return run_forcefield_pipeline(
         labelled["train"],
         tests,

@@ -194,7 +194,12 @@ class TrainedMACE(TrainingTimes):
         :meth:`save`, loaded without running code unless ``trusted``."""
         payload = load_pickled_model(path, device=device, trusted=trusted)
         if isinstance(payload, dict) and payload.get("format") == MODEL_FORMAT:
-            return cls._from_payload(payload, Path(path), device)
+            trained = cls._from_payload(payload, Path(path), device)
+            if head is not None and head not in trained.heads:
+                raise LTAUInputError(
+                    f"the model has no head {head!r}; its heads are {trained.heads}"
+                )
+            return trained
         if not isinstance(payload, torch.nn.Module):
             raise LTAUFileError(f"{path} holds a {type(payload).__name__}, not a mace model")
         return cls.from_model(payload, head=head, device=device)
