@@ -223,4 +223,6 @@ def test_predict_output_of_a_valid_run_is_complete(tmp_path, small_data):
     with open(tmp_path / "p.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(small_data["queries"])
+    flags = [row.pop("below_resolution") for row in rows]
+    assert set(flags) <= {"True", "False"}
     assert np.all(np.isfinite([[float(v) for v in row.values()] for row in rows]))
