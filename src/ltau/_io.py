@@ -362,7 +362,7 @@ def _in_use(
     source: str | os.PathLike, consequence: str = "open it when that process has finished"
 ) -> LTAUFileError:
     return LTAUFileError(
-        f"{source} is in use by another process (a writer has it open); {consequence}"
+        f"{source} is in use by another process (HDF5's lock on it is held); {consequence}"
     )
 
 
@@ -370,10 +370,13 @@ def _refuse_if_locked(
     descriptor: int,
     source: str | os.PathLike,
     consequence: str = "open it when that process has finished",
+    *,
+    exclusive: bool = False,
 ) -> None:
-    """Raise if a writer holds HDF5's lock (``flock``) on the open file ``descriptor``."""
+    """Raise if another process holds HDF5's lock (``flock``) on the open file ``descriptor``:
+    a writer's, or with ``exclusive`` (before writing) any reader's too."""
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(descriptor, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise _in_use(source, consequence) from exc
@@ -406,7 +409,7 @@ def open_checked(path: str | os.PathLike, file_format: str, mode: str = "r") -> 
             if mode != "r":
                 handle.close()
         if mode != "r":
-            handle = _open_for_writing(source, file_format, descriptor)
+            handle = _open_for_writing(source, file_format, descriptor, status == "sealed")
     finally:
         os.close(descriptor)
     return handle
@@ -454,18 +457,23 @@ def _check_header(handle: h5py.File, source: Path, file_format: str, status: str
         raise
 
 
-def _open_for_writing(source: Path, file_format: str, descriptor: int) -> h5py.File:
+def _open_for_writing(source: Path, file_format: str, descriptor: int, verified: bool) -> h5py.File:
     """Reopen the checked file ``descriptor`` for writing: marked "changing" while HDF5 opens
     it, sealed again once it is open. A version from before seals stays without one."""
     writable = os.open(source, os.O_RDWR)
     try:
         if not _same_descriptors(writable, descriptor):
             raise LTAUFileError(f"{source} was replaced while it was being opened; open it again")
-        _refuse_if_locked(writable, source)
+        _refuse_if_locked(writable, source, exclusive=True)
         sealed = _has_seal(writable)
         if sealed:
             _write_seal(writable, file_format, _CHANGING)
-        handle = _open_hdf5(source, file_format, "r+", descriptor)
+        try:
+            handle = _open_hdf5(source, file_format, "r+", descriptor)
+        except BaseException:
+            if sealed and verified:  # unchanged: its bytes are still those just verified
+                _write_seal(writable, file_format)
+            raise
         if sealed:
             handle.flush()
             _write_seal(writable, file_format)
