@@ -180,6 +180,33 @@ def test_a_closed_log_is_sealed_and_a_changing_one_is_marked(tmp_path, monkeypat
         assert log.n_epochs == 2
 
 
+_UNCLOSED = """
+import sys
+import numpy as np
+import ltau.recording
+from ltau import ErrorRecorder
+
+ltau.recording.SEAL_GROWTH = 0.0  # sealed after every epoch
+recorder = ErrorRecorder(20, log_path=sys.argv[1])
+for epoch in range(3):
+    recorder.record_epoch(np.full(20, 0.1 * (epoch + 1)))
+if sys.argv[2] == "collected":
+    del recorder
+"""
+
+
+@pytest.mark.parametrize("end", ["exit", "collected"])
+def test_a_recorder_never_closed_still_leaves_a_sealed_log(tmp_path, end, bounded_parses):
+    """HDF5 changes the file as it closes it: a recorder closed by garbage collection or at
+    exit must seal it again, or the next read would find bytes that do not match the seal."""
+    path = tmp_path / "log.h5"
+    subprocess.run([sys.executable, "-c", _UNCLOSED, str(path), end], check=True, timeout=120)
+    assert path.read_bytes()[10] == 0  # sealed, not changing
+    with ErrorLog(path) as log:
+        assert log.n_epochs == 3
+    assert bounded_parses == []
+
+
 # -------------------------------------------------------------------- temporary files
 
 _SAVER = textwrap.dedent(

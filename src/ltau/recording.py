@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -124,6 +125,7 @@ class ErrorRecorder:
                 refuse_if_in_use(self.log_path)
             _create_log(self.log_path, self.n_samples, columns, facts)
             self._log = open_checked(self.log_path, LOG_FORMAT, mode="r+")
+            self._closer = weakref.finalize(self, close_sealed, self._log)
         self._inode = None if self.log_path is None else inode(self.log_path)
 
     @classmethod
@@ -149,6 +151,7 @@ class ErrorRecorder:
         recorder.n_samples = n_samples
         recorder.log_path = Path(log_path)
         recorder._log = handle
+        recorder._closer = weakref.finalize(recorder, close_sealed, handle)
         recorder._buffer = np.full(n_samples, np.nan, dtype=np.float32)
         recorder._seen = np.zeros(n_samples, dtype=bool)
         recorder._epochs_by_member = {int(m): int(c) for m, c in zip(members, counts, strict=True)}
@@ -294,7 +297,6 @@ class ErrorRecorder:
                 "other bins, a subset of members or a burn-in need the raw log; create the "
                 "recorder with log_path"
             )
-        self._log.flush()
         return _distributions_from_log(
             self._log,
             bins,
@@ -316,14 +318,14 @@ class ErrorRecorder:
         recorded, ``(n,)`` int64 (see :meth:`distributions` for the selection)."""
         if self._log is None:
             raise LTAUInputError("recorded epochs are counted from the log: give a log_path")
-        self._log.flush()
         ids = _checked_samples(samples, self.n_samples)
         return _recorded_epochs(self._log, members, skip_epochs, ids)
 
     def close(self) -> None:
-        """Close the log file (completed epochs are already on disk)."""
+        """Close the log file (completed epochs are already on disk) and seal it. A recorder
+        that is garbage-collected, or still open when Python exits, is closed the same way."""
         if self._log is not None:
-            close_sealed(self._log)
+            self._closer()
             self._log = None
 
     def __enter__(self) -> ErrorRecorder:
