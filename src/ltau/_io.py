@@ -318,10 +318,12 @@ def _verify_seal(descriptor: int, source: Path, file_format: str | None) -> tupl
     state, name, length, payload = found
     if file_format is not None and name != file_format:
         raise LTAUFileError(f"{source} is a {name!r} file; expected an {file_format} file")
-    if state == _CHANGING and name in _CHANGED_IN_PLACE:
-        return "unverified", name
+    if state == _CHANGING:
+        if name in _CHANGED_IN_PLACE:
+            return "unverified", name
+        raise LTAUFileError(f"{source} is corrupted: its seal says it is still being written")
     size = os.fstat(descriptor).st_size - USERBLOCK_SIZE
-    if state != _SEALED or size != length:
+    if size != length:
         raise LTAUFileError(
             f"{source} is truncated or corrupted: it holds {size} bytes after its header, "
             f"its seal says {length}"
