@@ -400,9 +400,8 @@ def open_checked(path: str | os.PathLike, file_format: str, mode: str = "r") -> 
     sweep_temporaries(source)
     descriptor = _open_regular(source)
     try:
-        _refuse_if_locked(descriptor, source)
-        status, _ = _verify_seal(descriptor, source, file_format)
-        if status != "sealed":
+        status, _ = _inspect(descriptor, source, file_format)
+        if status in ("unsealed", "unverified"):
             _parse_bounded(source, file_format)
         handle = _open_hdf5(source, file_format, "r", descriptor)
         try:
@@ -415,6 +414,22 @@ def open_checked(path: str | os.PathLike, file_format: str, mode: str = "r") -> 
     finally:
         os.close(descriptor)
     return handle
+
+
+def _inspect(descriptor: int, source: Path, file_format: str | None) -> tuple[str, str | None]:
+    """Status and sealed format of the open file ``descriptor`` (see :func:`_verify_seal`);
+    ``"open here"`` if this process's HDF5 already has it open (a recorder writing it): HDF5
+    then shares that open file, which was checked when it was opened, and parses nothing."""
+    opened = os.fstat(descriptor)
+    for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        try:
+            other = os.fstat(file_id.get_vfd_handle())
+        except (OSError, ValueError, RuntimeError, TypeError):
+            continue  # a file without a descriptor (in memory, a Python file object)
+        if (other.st_dev, other.st_ino) == (opened.st_dev, opened.st_ino):
+            return "open here", None
+    _refuse_if_locked(descriptor, source)
+    return _verify_seal(descriptor, source, file_format)
 
 
 def _open_regular(source: Path) -> int:
@@ -573,12 +588,12 @@ def file_format(path: str | os.PathLike) -> str:
         raise LTAUFileError(f"{source} does not exist")
     descriptor = _open_regular(source)
     try:
-        _refuse_if_locked(descriptor, source)
-        _, found = _verify_seal(descriptor, source, None)
+        status, found = _inspect(descriptor, source, None)
     finally:
         os.close(descriptor)
     if found is None:
-        _parse_bounded(source, "ltau")
+        if status != "open here":
+            _parse_bounded(source, "ltau")
         try:
             with h5py.File(source, "r") as handle:
                 found = handle.attrs.get("format")
