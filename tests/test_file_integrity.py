@@ -292,3 +292,15 @@ def test_a_directory_that_cannot_be_written_is_a_clear_error():
     distributions = ErrorDistributions.from_errors(np.ones((3, 2)), n_bins=2)
     with pytest.raises(LTAUFileError, match="in the directory /sys"):
         save_distributions(distributions, f"{directory}/ltau-test.h5")
+
+
+def test_an_object_of_another_kind_in_a_log_is_a_file_error(files, tmp_path):
+    """Found by the fuzz of a version-1 log: a flipped bit turned a dataset into a committed
+    datatype, and reading its shape raised AttributeError."""
+    legacy = tmp_path / "legacy.h5"
+    unsealed_copy(files["log"], legacy, 1)
+    with h5py.File(legacy, "r+") as handle:
+        del handle["row_max"]
+        handle["row_max"] = np.dtype("f8")  # a committed datatype where a dataset belongs
+    with pytest.raises(LTAUFileError, match="'row_max' is not a dataset"):
+        ErrorLog(legacy)

@@ -65,7 +65,15 @@ def reading(source: str | os.PathLike) -> Iterator[None]:
         yield
     except (LTAUFileError, LTAUInputError):
         raise
-    except (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+    except (
+        OSError,
+        KeyError,
+        RuntimeError,
+        ValueError,
+        TypeError,
+        IndexError,
+        AttributeError,  # an object of another kind (a group or datatype for a dataset)
+    ) as exc:
         raise LTAUFileError(f"{source} is corrupted or unreadable: {exc}") from exc
 
 

@@ -475,6 +475,8 @@ def _check_log(handle: h5py.File, source: object) -> int:
         for name in _PER_ROW:
             if name not in handle:
                 raise LTAUFileError(f"{source} is missing the dataset {name!r}")
+            if not isinstance(handle[name], h5py.Dataset):
+                raise LTAUFileError(f"{source}: {name!r} is not a dataset (the file is corrupted)")
         n_samples = int(handle.attrs.get("n_samples", -1))
         n_complete = int(handle.attrs.get("n_complete", -1))
         if handle["errors"].ndim != 2 or handle["errors"].shape[1] != n_samples:
