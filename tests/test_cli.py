@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pytest
+from ltau_reference import reseal
 
 from ltau import Bins, ErrorDistributions, ErrorLog, ErrorRecorder, LTAUEstimator
 from ltau.cli import main
@@ -424,6 +428,70 @@ def test_bad_input_is_named_and_writes_nothing(recorded, capsys, args, message):
     assert f"ltau {args[0]}: error:" in err
     assert __import__("re").search(message, err), err
     assert sorted(p.name for p in d.iterdir()) == before  # nothing new, no temporary left
+
+
+def _flip_byte(path, offset: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("kind", ["est", "dist", "log"])
+def test_describe_refuses_a_file_with_one_flipped_byte(recorded, capsys, kind):
+    d = recorded
+    assert run(capsys, "distributions", d / "log.h5", "-o", d / "dist.h5")[0] == 0
+    fit = ("fit", "--descriptors", d / "train.npy", "--distributions", d / "dist.h5")
+    assert run(capsys, *fit, "-o", d / "est.h5")[0] == 0
+    path = d / f"{kind}.h5"
+    assert run(capsys, "describe", path)[0] == 0
+    for offset in (600, path.stat().st_size // 2, path.stat().st_size - 3):
+        damaged = d / f"damaged-{kind}-{offset}.h5"
+        damaged.write_bytes(path.read_bytes())
+        _flip_byte(damaged, offset)
+        code, out, err = run(capsys, "describe", damaged)
+        assert code == 2 and out == ""
+        assert err.startswith("ltau describe: error: ") and str(damaged) in err
+        assert "SHA-256" in err and "Traceback" not in err
+
+
+def test_describe_counts_only_verified_epochs(recorded, capsys):
+    """A damaged epoch row behind an intact seal (as the seal of a log whose writer was killed
+    does not vouch for it) is an error, not one more intact epoch."""
+    d = recorded
+    with h5py.File(d / "log.h5", "r") as handle:
+        info = handle["errors"].id.get_chunk_info(4)  # one chunk per epoch row
+    raw = bytearray((d / "log.h5").read_bytes())
+    raw[info.byte_offset + 8] ^= 0x5A
+    (d / "log.h5").write_bytes(bytes(raw))
+    reseal(d / "log.h5")
+    code, out, err = run(capsys, "describe", d / "log.h5")
+    assert code == 2 and out == "" and "epoch row 4 is corrupted" in err
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+import ltau.recording
+from ltau import ErrorRecorder
+
+ltau.recording.SEAL_GROWTH = 1e9  # never resealed after the first epoch
+recorder = ErrorRecorder(50, log_path=sys.argv[1])
+for epoch in range(4):
+    recorder.record_epoch([0.1 * (epoch + 1)] * 50, member=epoch % 2)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_describe_reads_a_log_whose_writer_was_killed_after_its_last_seal(tmp_path, capsys):
+    log = tmp_path / "killed.h5"
+    result = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, str(log)], capture_output=True, timeout=120
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()
+    assert log.read_bytes()[10] == 1  # the seal is marked "changing": the bounded path reads it
+    code, out, _ = run(capsys, "describe", log)
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["n_epochs"] == 4 and summary["epochs_by_member"] == {"0": 2, "1": 2}
 
 
 def test_foreign_hdf5_is_refused(tmp_path, capsys):

@@ -15,6 +15,7 @@ from ltau_reference import (
     knn_weights,
     mixture,
     quantile_bounds,
+    reseal,
 )
 
 from ltau import (
@@ -293,6 +294,7 @@ def test_local_scales_are_saved_and_checked(cluster_data, tmp_path, kind, params
     missing.write_bytes(path.read_bytes())
     with h5py.File(missing, "r+") as handle:
         del handle["index/local_scale"]
+    reseal(missing)
     with pytest.raises(
         LTAUFileError, match="distance_scale='local' but the local scales are missing"
     ):
@@ -453,8 +455,9 @@ def test_loading_bad_files_gives_clear_errors(small_data, tmp_path):
     newer = tmp_path / "newer.h5"
     newer.write_bytes(raw)
     with h5py.File(newer, "r+") as handle:
-        handle.attrs["format_version"] = 3
-    with pytest.raises(LTAUFileError, match=r"format version 3; this ltau reads up to version 2"):
+        handle.attrs["format_version"] = 4
+    reseal(newer)
+    with pytest.raises(LTAUFileError, match=r"format version 4; this ltau reads up to version 3"):
         LTAUEstimator.load(newer)
 
     distributions_file = tmp_path / "distributions.h5"
@@ -468,6 +471,7 @@ def test_loading_bad_files_gives_clear_errors(small_data, tmp_path):
     no_settings.write_bytes(raw)
     with h5py.File(no_settings, "r+") as handle:
         del handle.attrs["settings"]
+    reseal(no_settings)
     with pytest.raises(LTAUFileError, match="attributes of / are missing or damaged"):
         LTAUEstimator.load(no_settings)
 
@@ -475,10 +479,12 @@ def test_loading_bad_files_gives_clear_errors(small_data, tmp_path):
     bad_settings.write_bytes(raw)
     with h5py.File(bad_settings, "r+") as handle:
         handle.attrs["settings"] = json.dumps({"n_neighbors": 0, "weights": "uniform"})
+    reseal(bad_settings)
     with pytest.raises(LTAUFileError, match="checksum mismatch"):
         LTAUEstimator.load(bad_settings)
     with h5py.File(bad_settings, "r+") as handle:  # re-signed: well-formed but invalid
         sign_attributes(handle, _ESTIMATOR_ATTRIBUTES)
+    reseal(bad_settings)
     with pytest.raises(LTAUFileError, match="stored estimator settings are invalid"):
         LTAUEstimator.load(bad_settings)
 
@@ -487,12 +493,14 @@ def test_loading_bad_files_gives_clear_errors(small_data, tmp_path):
     with h5py.File(wrong_count, "r+") as handle:
         handle.attrs["n_samples"] = 7
         sign_attributes(handle, _ESTIMATOR_ATTRIBUTES)
+    reseal(wrong_count)
     with pytest.raises(LTAUFileError, match="index, distributions and sample count disagree"):
         LTAUEstimator.load(wrong_count)
 
 
 def _flip_in_dataset(path, dataset: str, pattern: int, n_bytes: int = 16) -> bytes:
-    """XOR ``n_bytes`` in the middle of the first chunk of ``dataset``; return the old bytes."""
+    """XOR ``n_bytes`` in the middle of the first chunk of ``dataset`` and reseal the file (to
+    test the array digests behind the seal); return the old bytes."""
     with h5py.File(path, "r") as handle:
         info = handle[dataset].id.get_chunk_info(0)
     raw = bytearray(path.read_bytes())
@@ -501,6 +509,7 @@ def _flip_in_dataset(path, dataset: str, pattern: int, n_bytes: int = 16) -> byt
     for i in range(middle, middle + n_bytes):
         raw[i] ^= pattern
     path.write_bytes(bytes(raw))
+    reseal(path)
     return old
 
 

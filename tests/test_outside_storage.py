@@ -9,6 +9,7 @@ import threading
 import h5py
 import numpy as np
 import pytest
+from ltau_reference import reseal
 
 from ltau import ErrorDistributions, ErrorLog, ErrorRecorder, LTAUEstimator, LTAUFileError
 from ltau.distributions import load_distributions, save_distributions
@@ -42,7 +43,8 @@ KIND_OF_LOADER = {"log": "log", "resume": "log", "dist": "dist", "est": "est"}
 
 
 def plant(path, how: str, other) -> None:
-    """Add to an ltau file one object whose data lives outside it."""
+    """Add to an ltau file one object whose data lives outside it, and seal the result (as a
+    deliberate edit would: the seal alone refuses an edit that is not resealed)."""
     with h5py.File(path, "a") as handle:
         if how == "external_link":
             handle["planted"] = h5py.ExternalLink(str(other), "/x")
@@ -56,6 +58,7 @@ def plant(path, how: str, other) -> None:
             handle.create_dataset(
                 "planted", shape=(4,), dtype=np.uint8, external=[(str(other), 0, 4)]
             )
+    reseal(path)
 
 
 @pytest.mark.parametrize("how", ["external_link", "soft_link", "virtual", "external_raw"])
@@ -75,6 +78,7 @@ def test_a_link_to_a_fifo_is_refused_without_hanging(files, tmp_path):
     with h5py.File(files["log"], "a") as handle:
         del handle["errors"]
         handle["errors"] = h5py.ExternalLink(str(fifo), "/errors")
+    reseal(files["log"])
     outcome: list[BaseException | None] = []
 
     def load() -> None:

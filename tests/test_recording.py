@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from ltau_reference import PROPERTY, corruption_scan, histogram_rows
+from ltau_reference import PROPERTY, corruption_scan, histogram_rows, reseal
 
 from ltau import (
     Bins,
@@ -27,7 +27,9 @@ from ltau import (
     LTAUFileError,
     LTAUInputError,
 )
+from ltau._io import seal
 from ltau.distributions import HistogramAccumulator, save_distributions
+from ltau.recording import LOG_FORMAT
 
 
 def trajectory(n_samples: int, n_epochs: int, seed: int) -> np.ndarray:
@@ -395,14 +397,21 @@ def test_reading_bad_log_files(tmp_path):
     newer.write_bytes(good.read_bytes())
     with h5py.File(newer, "r+") as handle:
         handle.attrs["format_version"] = 3
+    seal(newer, LOG_FORMAT)  # as a newer ltau would have: only the version is wrong
+    unsealed = tmp_path / "unsealed.h5"
+    unsealed.write_bytes(newer.read_bytes())
+    with h5py.File(unsealed, "r+") as handle:
+        handle.attrs["n_complete"] = 2
     claims = tmp_path / "claims.h5"
     claims.write_bytes(good.read_bytes())
     with h5py.File(claims, "r+") as handle:
         handle.attrs["n_complete"] = 5
+    seal(claims, LOG_FORMAT)
     missing = tmp_path / "missing_dataset.h5"
     missing.write_bytes(good.read_bytes())
     with h5py.File(missing, "r+") as handle:
         del handle["member"]
+    seal(missing, LOG_FORMAT)
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(good.read_bytes()[:1000])
     cases = [
@@ -412,7 +421,8 @@ def test_reading_bad_log_files(tmp_path):
         (foreign, "not written by ltau; expected an ltau-error-log file"),
         (estimator_file, "'ltau-estimator' file; expected an ltau-error-log file"),
         (distributions_file, "'ltau-distributions' file; expected an ltau-error-log file"),
-        (newer, "ltau-error-log format version 3; this ltau reads up to version 1"),
+        (newer, "ltau-error-log format version 3; this ltau reads up to version 2"),
+        (unsealed, "do not match the SHA-256 in its seal"),
         (claims, "claims 5 complete epochs but holds 3"),
         (missing, "missing the dataset 'member'"),
     ]
@@ -437,6 +447,9 @@ def test_a_corrupted_logged_epoch_is_reported(tmp_path):
     for i in range(middle, middle + 8):
         raw[i] ^= 0x5A
     path.write_bytes(bytes(raw))
+    with pytest.raises(LTAUFileError, match="do not match the SHA-256 in its seal"):
+        ErrorLog(path)
+    reseal(path)  # behind the seal, the row's own digest catches it
     with ErrorLog(path) as log:
         with pytest.raises(LTAUFileError, match="epoch row 1 is corrupted"):
             log.to_array()
@@ -457,7 +470,8 @@ def test_corruption_anywhere_in_a_log_is_an_ltau_file_error(tmp_path):
 
 
 def _flip_chunk_bytes(path: Path, dataset: str, pattern: int, start: int, n_bytes: int) -> bytes:
-    """XOR ``n_bytes`` of the first chunk of ``dataset`` from byte ``start``; return them."""
+    """XOR ``n_bytes`` of the first chunk of ``dataset`` from byte ``start`` and reseal the
+    file (so that the checks behind the seal are tested); return the old bytes."""
     with h5py.File(path, "r") as handle:
         info = handle[dataset].id.get_chunk_info(0)
     raw = bytearray(path.read_bytes())
@@ -466,6 +480,7 @@ def _flip_chunk_bytes(path: Path, dataset: str, pattern: int, start: int, n_byte
     for i in range(first, first + n_bytes):
         raw[i] ^= pattern
     path.write_bytes(bytes(raw))
+    reseal(path)
     return old
 
 
@@ -602,17 +617,20 @@ def test_resume_drops_an_epoch_that_was_written_but_not_marked_complete(tmp_path
         import os, signal, sys
         from ltau import ErrorRecorder
 
+        from ltau._io import changing
+
         path, n_samples = sys.argv[1], int(sys.argv[2])
         recorder = ErrorRecorder(n_samples, log_path=path)
         for epoch in range(4):
             recorder.record_epoch(epoch_errors(epoch, n_samples), member=epoch % 2)
         handle = recorder._log
-        for name in ("errors", "member", "row_min_positive", "row_max"):
-            handle[name].resize(5, axis=0)
-        handle["errors"][4] = np.full(n_samples, 7.0, dtype=np.float32)
-        handle["member"][4] = 0
-        handle.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+        with changing(handle):  # as the recorder does while it adds an epoch
+            for name in ("errors", "member", "row_min_positive", "row_max"):
+                handle[name].resize(5, axis=0)
+            handle["errors"][4] = np.full(n_samples, 7.0, dtype=np.float32)
+            handle["member"][4] = 0
+            handle.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
         """
     )
     result = subprocess.run(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+from ltau_reference import reseal
 
 from ltau import Bins, ErrorDistributions, LTAUEstimator, LTAUFileError, LTAUInputError
 from ltau._io import sign_attributes
@@ -204,6 +205,7 @@ def test_version_1_files_load_without_widening(small_data, tmp_path):
         del handle.attrs["widening"]
         handle.attrs["format_version"] = 1
         sign_attributes(handle, _ESTIMATOR_ATTRIBUTES_V1)
+    reseal(path)
     loaded = LTAUEstimator.load(path)
     assert loaded.widening_ is None
     np.testing.assert_array_equal(
@@ -212,6 +214,7 @@ def test_version_1_files_load_without_widening(small_data, tmp_path):
     )
     with h5py.File(path, "r+") as handle:
         handle.attrs["format_version"] = 2  # claims v2 but lacks the widening attribute
+    reseal(path)
     with pytest.raises(LTAUFileError):
         LTAUEstimator.load(path)
 

@@ -8,9 +8,12 @@ field one id per training atom) and keeps
 
 The log is flushed after every epoch and the count of complete epochs is written last, so a log
 whose writer was killed can be reopened with :meth:`ErrorRecorder.resume`: every completed
-epoch is still there and recording continues. :class:`ErrorLog` reads a log.
+epoch is still there and recording continues. The file's seal (the SHA-256 of all its bytes, see
+:mod:`ltau._io`) is written again whenever the log has grown by :data:`SEAL_GROWTH` since it
+was last sealed, and when it is closed; a log whose writer was killed after its last seal is
+read through a bounded-time parse instead. :class:`ErrorLog` reads a log.
 
-Log layout (format ``ltau-error-log``, version 1): ``errors`` float32 ``(n_epochs, n_samples)``
+Log layout (format ``ltau-error-log``, version 2; version 1 had no seal): ``errors`` float32 ``(n_epochs, n_samples)``
 (NaN where a sample was not recorded that epoch), ``member`` int32 ``(n_epochs,)`` (which model
 each row belongs to), ``row_min_positive`` / ``row_max`` float64 ``(n_epochs,)``; root attributes
 ``n_samples`` and ``n_complete``. Optional: the group ``samples`` holds named int64 columns
@@ -25,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -35,6 +39,8 @@ from tqdm.auto import tqdm
 from ltau._checks import as_error_vector, as_index_vector, non_negative_int, positive_int
 from ltau._io import (
     atomic_h5,
+    changing,
+    close_sealed,
     inode,
     open_checked,
     read_array,
@@ -50,6 +56,9 @@ from ltau.histogram import Bins, Spacing
 
 LOG_FORMAT = "ltau-error-log"
 _ROW_CHUNK = 1 << 18
+# The log is sealed again once it has grown by this fraction since its last seal (and when it
+# is closed): hashing it after every epoch would cost O(log size) per epoch.
+SEAL_GROWTH = 0.1
 _PER_ROW = ("errors", "member", "row_min_positive", "row_max", "row_sha256", "meta_sha256")
 
 
@@ -116,6 +125,7 @@ class ErrorRecorder:
                 refuse_if_in_use(self.log_path)
             _create_log(self.log_path, self.n_samples, columns, facts)
             self._log = open_checked(self.log_path, LOG_FORMAT, mode="r+")
+            self._closer = weakref.finalize(self, close_sealed, self._log)
         self._inode = None if self.log_path is None else inode(self.log_path)
 
     @classmethod
@@ -130,17 +140,18 @@ class ErrorRecorder:
             with reading(log_path):
                 n_samples = int(handle.attrs["n_samples"])
                 n_complete = _check_log(handle, log_path)
-                for name in _PER_ROW:
-                    handle[name].resize(n_complete, axis=0)
-                handle.flush()
+                with changing(handle):
+                    for name in _PER_ROW:
+                        handle[name].resize(n_complete, axis=0)
                 members, counts = np.unique(handle["member"][:], return_counts=True)
         except BaseException:
-            handle.close()
+            close_sealed(handle)
             raise
         recorder = cls.__new__(cls)
         recorder.n_samples = n_samples
         recorder.log_path = Path(log_path)
         recorder._log = handle
+        recorder._closer = weakref.finalize(recorder, close_sealed, handle)
         recorder._buffer = np.full(n_samples, np.nan, dtype=np.float32)
         recorder._seen = np.zeros(n_samples, dtype=bool)
         recorder._epochs_by_member = {int(m): int(c) for m, c in zip(members, counts, strict=True)}
@@ -233,8 +244,9 @@ class ErrorRecorder:
         facts about the run), signed and flushed at once."""
         if self._log is None:
             raise LTAUInputError("provenance is stored in the log: this recorder has none")
-        _write_provenance(self._log, _checked_provenance(provenance))
-        self._log.flush()
+        facts = _checked_provenance(provenance)
+        with changing(self._log):
+            _write_provenance(self._log, facts)
 
     def _commit(self, errors: np.ndarray, recorded: np.ndarray | None, member: int) -> int:
         """Add one epoch (``recorded``: ids present, None = all) to histograms and log."""
@@ -286,7 +298,6 @@ class ErrorRecorder:
                 "other bins, a subset of members or a burn-in need the raw log; create the "
                 "recorder with log_path"
             )
-        self._log.flush()
         return _distributions_from_log(
             self._log,
             bins,
@@ -308,14 +319,14 @@ class ErrorRecorder:
         recorded, ``(n,)`` int64 (see :meth:`distributions` for the selection)."""
         if self._log is None:
             raise LTAUInputError("recorded epochs are counted from the log: give a log_path")
-        self._log.flush()
         ids = _checked_samples(samples, self.n_samples)
         return _recorded_epochs(self._log, members, skip_epochs, ids)
 
     def close(self) -> None:
-        """Close the log file (completed epochs are already on disk)."""
+        """Close the log file (completed epochs are already on disk) and seal it. A recorder
+        that is garbage-collected, or still open when Python exits, is closed the same way."""
         if self._log is not None:
-            self._log.close()
+            self._closer()
             self._log = None
 
     def __enter__(self) -> ErrorRecorder:
@@ -466,6 +477,8 @@ def _check_log(handle: h5py.File, source: object) -> int:
         for name in _PER_ROW:
             if name not in handle:
                 raise LTAUFileError(f"{source} is missing the dataset {name!r}")
+            if not isinstance(handle[name], h5py.Dataset):
+                raise LTAUFileError(f"{source}: {name!r} is not a dataset (the file is corrupted)")
         n_samples = int(handle.attrs.get("n_samples", -1))
         n_complete = int(handle.attrs.get("n_complete", -1))
         if handle["errors"].ndim != 2 or handle["errors"].shape[1] != n_samples:
@@ -497,7 +510,7 @@ def _row_digest(row: np.ndarray) -> bytes:
 
 
 def _append_row(handle: h5py.File, row: np.ndarray, member: int) -> None:
-    """Append one epoch, then mark it complete and flush: the count is written last."""
+    """Append one epoch, then mark it complete, flush and seal: the count is written last."""
     epoch = int(handle.attrs["n_complete"])
     positive = row[row > 0]
     minimum = float(positive.min()) if positive.size else np.nan
@@ -509,13 +522,13 @@ def _append_row(handle: h5py.File, row: np.ndarray, member: int) -> None:
         "row_sha256": _row_digest(row),
         "meta_sha256": _meta_digest(member, minimum, maximum),
     }
-    handle["errors"].resize(epoch + 1, axis=0)
-    handle["errors"][epoch] = row
-    for name, value in statistics.items():
-        handle[name].resize(epoch + 1, axis=0)
-        handle[name][epoch] = value
-    handle.attrs["n_complete"] = epoch + 1
-    handle.flush()
+    with changing(handle, seal_growth=SEAL_GROWTH):
+        handle["errors"].resize(epoch + 1, axis=0)
+        handle["errors"][epoch] = row
+        for name, value in statistics.items():
+            handle[name].resize(epoch + 1, axis=0)
+            handle[name][epoch] = value
+        handle.attrs["n_complete"] = epoch + 1
 
 
 def _select_rows(

@@ -20,14 +20,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "describe",
         help="describe an ltau file (estimator, distributions or error log)",
-        description="Print what an ltau file holds, as JSON.",
+        description=(
+            "Print what an ltau file holds, as JSON, after checking all of it: its seal, every "
+            "digest and, for an error log, every epoch row. A damaged file is an error."
+        ),
     )
     parser.add_argument("file", type=Path)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    """Write a JSON summary of ``args.file`` to standard output."""
+    """Write a JSON summary of ``args.file`` to standard output; raise LTAUFileError if any
+    part of it is damaged (the epochs of a log are counted only once each is verified)."""
     kind = file_format(args.file)
     summary: dict[str, object] = {"file": str(args.file), "format": kind}
     if kind == "ltau-estimator":
@@ -44,9 +48,10 @@ def run(args: argparse.Namespace) -> None:
         summary |= _describe_distributions(load_distributions(args.file))
     else:
         with ErrorLog(args.file) as log:
+            verified = sum(1 for _ in log.epochs())  # each row checked against its SHA-256
             summary |= {
                 "n_samples": log.n_samples,
-                "n_epochs": log.n_epochs,
+                "n_epochs": verified,
                 "epochs_by_member": log.epochs_by_member,
             }
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
