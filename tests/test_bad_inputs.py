@@ -226,3 +226,33 @@ def test_predict_output_of_a_valid_run_is_complete(tmp_path, small_data):
     flags = [row.pop("below_resolution") for row in rows]
     assert set(flags) <= {"True", "False"}
     assert np.all(np.isfinite([[float(v) for v in row.values()] for row in rows]))
+
+
+def test_core_entry_points_refuse_what_the_matrix_found(tmp_path):
+    """The 15 failures the matrix found outside the command line, one check each kind."""
+    from ltau import ErrorLog, ErrorRecorder, LTAUFileError
+    from ltau.calibration import DistanceWidening
+
+    with pytest.raises(LTAUFileError, match="is a directory"):
+        ErrorRecorder(3, log_path=tmp_path)
+    recorder = ErrorRecorder(3, log_path=tmp_path / "log.h5")
+    recorder.record_epoch([0.1, 0.2, 0.3])
+    recorder.close()
+    for late in (lambda: recorder.record_epoch([0.1] * 3), lambda: recorder.record([0], [0.1])):
+        with pytest.raises(LTAUInputError, match="recorder is closed"):
+            late()
+    with ErrorLog(tmp_path / "log.h5") as log:
+        assert log.n_epochs == 1
+        with pytest.raises(LTAUInputError, match="sequence of model numbers"):
+            log.to_array(members="01")
+    with pytest.raises(LTAUInputError, match="needs ErrorDistributions"):
+        save_distributions(np.ones((3, 4)), tmp_path / "d.h5")
+    for errors in (np.ones((2, 3)) * (1 + 1j), np.array([["0.1", "0.2"]]), np.ones((2, 3)) + 0j):
+        with pytest.raises(LTAUInputError, match="real numbers"):
+            ErrorDistributions.from_errors(errors, Bins.log(1e-3, 1.0, 4))
+    with pytest.raises(LTAUInputError, match="Bins"):
+        ErrorRecorder(3, bins=[0.1, 1.0])
+    ones = np.ones(10)
+    with pytest.raises(LTAUInputError, match="OOD scores are all 0"):
+        DistanceWidening.fit(np.zeros(10), None, ones, ones)
+    assert not (tmp_path / "d.h5").exists()

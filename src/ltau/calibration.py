@@ -627,6 +627,11 @@ class DistanceWidening:
         observed = checked_errors(observed, "observed errors")
         n = observed.size
         ood_score = _positive_values(ood_score, "OOD scores", n)
+        if np.all(ood_score == _MIN_SCORE):
+            raise LTAUInputError(
+                "the OOD scores are all 0 (every validation query coincides with training "
+                "samples): the widening cannot be fitted; calibrate with widen=False"
+            )
         expected = _positive_values(expected, "expected errors", n)
         group_score = (
             ood_score

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from ltau._checks import as_error_vector, as_index_vector, positive_int
+from ltau._checks import as_error_vector, as_index_vector, positive_int, real_array
 from ltau._io import (
     atomic_h5,
     open_checked,
@@ -39,6 +39,7 @@ from ltau.exceptions import LTAUClippingWarning, LTAUFileError, LTAUInputError
 from ltau.histogram import (
     Bins,
     Spacing,
+    checked_bins,
     edge_cdf,
     exceedance_probability,
     expected_value,
@@ -95,7 +96,7 @@ class ErrorDistributions:
         Without ``bins``, ``n_bins`` bins span the observed range. Errors outside given
         ``bins`` emit an :class:`~ltau.exceptions.LTAUClippingWarning`.
         """
-        errors = np.asarray(errors, dtype=np.float32)
+        errors = real_array(errors, "errors", np.float32)
         if errors.ndim != 2 or 0 in errors.shape:
             raise LTAUInputError(
                 f"errors must be 2-D (n_samples, n_observations), non-empty; got {errors.shape}"
@@ -190,7 +191,7 @@ class HistogramAccumulator:
     ROWS_PER_BLOCK = 4096
 
     def __init__(self, bins: Bins, n_samples: int) -> None:
-        self.bins = bins
+        self.bins = checked_bins(bins)
         self.n_samples = positive_int(n_samples, "n_samples")
         self._counts = np.zeros((self.n_samples, bins.n_bins), dtype=np.uint16)
         self._max_observations = 0
@@ -423,6 +424,10 @@ _DISTRIBUTION_ATTRIBUTES = ("spacing", "n_below", "n_above")
 
 def save_distributions(distributions: ErrorDistributions, path: str | os.PathLike) -> None:
     """Write ``distributions`` to one self-describing HDF5 file, atomically."""
+    if not isinstance(distributions, ErrorDistributions):
+        raise LTAUInputError(
+            f"save_distributions needs ErrorDistributions; got {type(distributions).__name__}"
+        )
     with atomic_h5(path, DISTRIBUTIONS_FORMAT) as handle:
         write_distributions_group(handle.create_group("distributions"), distributions)
 

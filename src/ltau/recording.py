@@ -114,8 +114,11 @@ class ErrorRecorder:
         self._seen = np.zeros(self.n_samples, dtype=bool)
         self._epochs_by_member: dict[int, int] = {}
         self._log: h5py.File | None = None
+        self._closed = False
         self.log_path = Path(log_path) if log_path is not None else None
         if self.log_path is not None:
+            if self.log_path.is_dir():
+                raise LTAUFileError(f"log_path {self.log_path} is a directory, not a file path")
             if self.log_path.exists() and not overwrite:
                 raise LTAUFileError(
                     f"{self.log_path} exists; use ErrorRecorder.resume() to continue it, "
@@ -152,6 +155,7 @@ class ErrorRecorder:
         recorder.log_path = Path(log_path)
         recorder._log = handle
         recorder._closer = weakref.finalize(recorder, close_sealed, handle)
+        recorder._closed = False
         recorder._buffer = np.full(n_samples, np.nan, dtype=np.float32)
         recorder._seen = np.zeros(n_samples, dtype=bool)
         recorder._epochs_by_member = {int(m): int(c) for m, c in zip(members, counts, strict=True)}
@@ -175,6 +179,7 @@ class ErrorRecorder:
 
     def record(self, ids: Sequence[int] | np.ndarray, errors: Sequence[float] | np.ndarray) -> None:
         """Record the errors (finite, >= 0) of samples ``ids`` in the current epoch."""
+        self._check_open()
         ids_array = as_index_vector(ids, self.n_samples)
         errors_array = as_error_vector(errors)
         if ids_array.shape != errors_array.shape:
@@ -197,6 +202,7 @@ class ErrorRecorder:
         Every sample must have been recorded unless ``allow_missing`` (then missing samples are
         stored as NaN in the log and left out of the histograms).
         """
+        self._check_open()
         member = non_negative_int(member, "member")
         n_seen = int(np.count_nonzero(self._seen))
         if n_seen == 0:
@@ -219,6 +225,7 @@ class ErrorRecorder:
         Returns the epoch number for model ``member``. Cannot be mixed with :meth:`record`
         calls of the same epoch.
         """
+        self._check_open()
         member = non_negative_int(member, "member")
         errors_array = as_error_vector(errors)
         if errors_array.size != self.n_samples:
@@ -328,6 +335,13 @@ class ErrorRecorder:
         if self._log is not None:
             self._closer()
             self._log = None
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LTAUInputError(
+                "this recorder is closed; ErrorRecorder.resume(path) continues its log"
+            )
 
     def __enter__(self) -> ErrorRecorder:
         return self
@@ -542,7 +556,9 @@ def _select_rows(
         present = handle["member"][:n_complete].astype(np.int64)
     rows = np.arange(n_complete)
     if members is not None:
-        wanted = np.asarray(list(members), dtype=np.int64)
+        if isinstance(members, str | bytes) or not isinstance(members, Sequence | np.ndarray):
+            raise LTAUInputError(f"members must be a sequence of model numbers; got {members!r}")
+        wanted = as_index_vector(members, np.iinfo(np.int32).max, "members")
         unknown = np.setdiff1d(wanted, present)
         if unknown.size:
             raise LTAUInputError(
