@@ -688,7 +688,7 @@ def main(argv: list[str] | None = None) -> dict:
 
                 parts[part] = {
                     kind: fuzz(kind, args.fuzz_cases, seed=args.seed)
-                    for kind in ("estimator", "distributions", "error-log")
+                    for kind in ("ltau-estimator", "ltau-distributions", "ltau-error-log")
                 }
     summary = _summary(parts)
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
