@@ -411,6 +411,13 @@ def open_checked(path: str | os.PathLike, file_format: str, mode: str = "r") -> 
         status, _ = _inspect(descriptor, source, file_format)
         if status in ("unsealed", "unverified"):
             _parse_bounded(source, file_format)
+        if status == "unverified":
+            logger.warning(
+                "%s: its seal does not vouch for it (its writer was killed while adding epochs, "
+                "or the seal is damaged); it was parsed in bounded time and each epoch row is "
+                "checked against its own digest",
+                source,
+            )
         handle = _open_hdf5(source, file_format, "r", descriptor)
         try:
             _check_header(handle, source, file_format, status)
@@ -448,7 +455,8 @@ def _open_regular(source: Path) -> int:
         raise LTAUFileError(f"{source} cannot be opened ({exc.strerror or exc})") from exc
     if not stat.S_ISREG(os.fstat(descriptor).st_mode):
         os.close(descriptor)
-        raise LTAUFileError(f"{source} is not a regular file")
+        what = "a directory" if source.is_dir() else "not a regular file"
+        raise LTAUFileError(f"{source} is {what}")
     return descriptor
 
 
