@@ -268,3 +268,30 @@ def test_the_splitter_is_injectable_and_checked():
     assert chosen["k"] == 5 and len(chosen["cv_crps"]) == 1
     with pytest.raises(LTAUInputError, match="split"):
         choose_configuration(train, candidates, validation, errors, None, cv=object())
+
+
+def test_the_shared_search_gives_the_per_setting_scores_and_choice(problem):
+    """One search at the largest k, sliced for every setting and fold, scores every setting
+    as its own search, fit and calibration do, and so chooses the same configuration."""
+    _, path, x_train, x_val, val_errors, groups = problem
+    with ErrorLog(path) as log:
+        candidates = burn_in_candidates(log, n_bins=40)
+    chosen = choose_configuration(
+        x_train, candidates, x_val, val_errors, groups, k_candidates=(5, 20, 1000)
+    )
+    reference = {
+        f"skip_epochs={skip},k={k},distance_scale={scale}": _cv_crps(
+            x_train, distributions, k, x_val, val_errors, groups, groups, scale
+        )
+        for skip, distributions in sorted(candidates.items())
+        for k in (5, 20)
+        for scale in ("absolute", "local")
+    }
+    assert chosen["cv_crps"].keys() == reference.keys()
+    for key, score in reference.items():
+        assert chosen["cv_crps"][key] == pytest.approx(score, rel=1e-12), key
+    best = min(reference, key=reference.get)
+    assert best == (
+        f"skip_epochs={chosen['skip_epochs']},k={chosen['k']},"
+        f"distance_scale={chosen['distance_scale']}"
+    )

@@ -405,8 +405,7 @@ class IsotonicCalibrator(_Calibrator):
         pit = cdf_at(mass, bins, observed / scale)
         knots, frequencies = _isotonic_knots(pit, max_knots)
         self.scale_ = scale
-        self.level_knots_ = knots
-        self.frequency_knots_ = frequencies
+        self._set_knots(knots, frequencies)
         calibrated = self.level_map(pit)
         self.miscalibration_area_before_ = before
         self.miscalibration_area_after_ = _area(calibrated, levels)
@@ -447,9 +446,23 @@ class IsotonicCalibrator(_Calibrator):
         mass = checked_mass(mass, bins)
         result = np.empty(mass.shape[0])
         for rows in row_chunks(mass.shape[0], _ROWS_PER_BLOCK):
-            mean_level = self._mean_levels(edge_cdf(mass[rows]))
-            result[rows] = bins.edges[-1] - mean_level @ bins.widths
-        return self.scale_ * result
+            result[rows] = self.expected_error_from_cdf(edge_cdf(mass[rows]), bins)
+        return result
+
+    def expected_error_from_cdf(self, cdf: np.ndarray, bins: Bins) -> np.ndarray:
+        """:meth:`expected_error` from the edge CDF ``(n, n_bins + 1)`` of valid masses
+        (:func:`~ltau.histogram.edge_cdf`; not checked again), ``(n,)``."""
+        return self.scale_ * (bins.edges[-1] - self._mean_levels(cdf) @ bins.widths)
+
+    def _set_knots(self, knots: np.ndarray, frequencies: np.ndarray) -> None:
+        """Store the knots of ``g`` and what :meth:`_mean_levels` needs of them: the slope of
+        each segment and the integral of ``g`` from 0 to each knot."""
+        self.level_knots_ = knots
+        self.frequency_knots_ = frequencies
+        self._slopes = np.diff(frequencies) / np.diff(knots)
+        self._integral_at_knots = np.concatenate(
+            [[0.0], np.cumsum(np.diff(knots) * (frequencies[1:] + frequencies[:-1]) / 2.0)]
+        )
 
     def _mean_levels(self, cdf: np.ndarray) -> np.ndarray:
         """Mean of ``g`` over ``[cdf[:, j], cdf[:, j + 1]]`` for each bin ``j``, ``(n, n_bins)``.
@@ -459,10 +472,7 @@ class IsotonicCalibrator(_Calibrator):
         two partial segments are integrated locally and the whole ones in between summed.
         """
         knots, frequencies = self.level_knots_, self.frequency_knots_
-        slopes = np.diff(frequencies) / np.diff(knots)
-        at_knots = np.concatenate(
-            [[0.0], np.cumsum(np.diff(knots) * (frequencies[1:] + frequencies[:-1]) / 2.0)]
-        )
+        slopes, at_knots = self._slopes, self._integral_at_knots
         # Segment holding each level (the last one for level 1) and g there, from one search.
         segment = np.clip(np.searchsorted(knots, cdf, side="right") - 1, 0, knots.size - 2)
         offset = cdf - knots[segment]
@@ -528,8 +538,7 @@ class IsotonicCalibrator(_Calibrator):
             raise LTAUInputError(f"invalid {cls.kind} calibrator data: {exc!r}") from exc
         _check_knots(knots, frequencies)
         calibrator.scale_ = scale
-        calibrator.level_knots_ = knots
-        calibrator.frequency_knots_ = frequencies
+        calibrator._set_knots(knots, frequencies)
         calibrator.miscalibration_area_before_ = before
         calibrator.miscalibration_area_after_ = after
         calibrator.n_fit_ = n_fit

@@ -61,7 +61,7 @@ from ltau.distributions import (
     write_distributions_group,
 )
 from ltau.exceptions import LTAUFileError, LTAUInputError, NotFittedError
-from ltau.histogram import Bins, cdf_at, interval_levels, row_chunks
+from ltau.histogram import Bins, edge_cdf, interpolate_cdf, interval_levels, row_chunks
 from ltau.histogram import quantiles as mixture_quantiles
 from ltau.metrics import probability_integral_transform, uq_metrics
 from ltau.search import NeighborIndex
@@ -316,14 +316,50 @@ class LTAUEstimator:
             raise LTAUInputError(
                 f"{data.shape[0]} descriptor rows but {distributions.n_samples} distributions"
             )
-        if self.n_neighbors > data.shape[0]:
-            raise LTAUInputError(
-                f"n_neighbors={self.n_neighbors} exceeds the {data.shape[0]} training samples"
-            )
+        _check_k(self.n_neighbors, data.shape[0])
         neighbor_index = NeighborIndex(self.index, dict(self.index_params or {})).build(data)
+        training_distances = None
+        if self.distance_scale == "local":
+            training_distances = _training_distances(
+                neighbor_index, data, min(self.n_neighbors + 1, data.shape[0]), self.batch_size
+            )
+        return self.fit_searched(neighbor_index, distributions, training_distances)
+
+    def fit_searched(
+        self,
+        neighbor_index: NeighborIndex,
+        distributions: ErrorDistributions,
+        training_distances: np.ndarray | None = None,
+    ) -> LTAUEstimator:
+        """:meth:`fit` with the training descriptors already indexed (``neighbor_index``, of
+        this estimator's ``index`` kind) and, for ``distance_scale="local"``, already searched:
+        ``training_distances`` ``(n_samples, m)`` are each training sample's distances to its
+        ``m >= min(n_neighbors + 1, n_samples)`` nearest training samples, itself first (as
+        :meth:`kneighbors` gives them; columns beyond the first ``n_neighbors + 1`` are not
+        read). Lets a search at the largest k serve every smaller one."""
+        self._validate_settings()
+        if not isinstance(distributions, ErrorDistributions):
+            raise LTAUInputError("distributions must be an ErrorDistributions instance")
+        if neighbor_index.n_items != distributions.n_samples:
+            raise LTAUInputError(
+                f"the index holds {neighbor_index.n_items} items but there are "
+                f"{distributions.n_samples} distributions"
+            )
+        if neighbor_index.kind != self.index:
+            raise LTAUInputError(
+                f"the index is of kind {neighbor_index.kind!r}; this estimator uses {self.index!r}"
+            )
+        _check_k(self.n_neighbors, neighbor_index.n_items)
         local_scale = None
         if self.distance_scale == "local":
-            local_scale = _local_scales(neighbor_index, data, self.n_neighbors, self.batch_size)
+            searched = min(self.n_neighbors + 1, neighbor_index.n_items)
+            shape = np.shape(training_distances)
+            if len(shape) != 2 or shape[0] != neighbor_index.n_items or shape[1] < searched:
+                raise LTAUInputError(
+                    f"distance_scale='local' needs the training samples' distances to their "
+                    f"{searched} nearest training samples, ({neighbor_index.n_items}, {searched})"
+                )
+            local_scale = _local_scales(np.asarray(training_distances)[:, :searched])
         self._set_fitted(neighbor_index, distributions, local_scale)
         return self
 
@@ -474,7 +510,7 @@ class LTAUEstimator:
             )
             for start, distances, indices in batches
         ]
-        return LTAUPrediction.concatenate(parts)
+        return parts[0] if len(parts) == 1 else LTAUPrediction.concatenate(parts)
 
     def predict_from_neighbors(
         self,
@@ -544,12 +580,14 @@ class LTAUEstimator:
         needs_mixture |= calibrator is not None and not calibrator.expected_error_is_linear
         needs_mixture |= factors is not None and bool(atol_values.size)
         mixture = self._mixture(weights, safe) if needs_mixture else None
+        # The mixture's edge CDF, formed once for the statistics that read it.
+        cdf = None if mixture is None else edge_cdf(mixture)
         expected = np.sum(weights * self.sample_expected_error_[safe], axis=1)
         if calibrator is not None:
             expected = (
                 calibrator.expected_error_from_raw(expected)
                 if calibrator.expected_error_is_linear
-                else calibrator.expected_error(mixture, self.bins)
+                else calibrator.expected_error_from_cdf(cdf, self.bins)
             )
         widened = (lambda values: values) if factors is None else (lambda values: values * factors)
         prediction = LTAUPrediction(
@@ -568,7 +606,7 @@ class LTAUEstimator:
             prediction.exceedance = np.stack(
                 [
                     calibrator.exceedance_from_raw(
-                        1.0 - cdf_at(mixture, self.bins, float(value) / factors)
+                        1.0 - interpolate_cdf(cdf, self.bins, float(value) / factors)
                     )
                     for value in np.atleast_1d(calibrator.raw_tolerance(atol_values))
                 ],
@@ -648,6 +686,38 @@ class LTAUEstimator:
         calibrator = make_calibrator(method)
         boolean(widen, "widen")
         raw = self.predict(descriptors, groups=groups, return_pdf=True, calibrated=False)
+        return self._fit_calibration(raw, errors, calibrator, groups, widen)
+
+    def calibrate_from_neighbors(
+        self,
+        distances: np.ndarray,
+        indices: np.ndarray,
+        errors: np.ndarray,
+        method: str = "isotonic",
+        *,
+        groups: np.ndarray | None = None,
+        widen: bool = True,
+    ) -> LTAUEstimator:
+        """:meth:`calibrate` given the validation queries' neighbours already found
+        (``distances``, ``indices`` ``(n, k)`` as from :meth:`kneighbors`); returns ``self``."""
+        self._fitted_index("calibrate_from_neighbors")
+        calibrator = make_calibrator(method)
+        boolean(widen, "widen")
+        raw = self.predict_from_neighbors(
+            distances, indices, groups=groups, return_pdf=True, calibrated=False
+        )
+        return self._fit_calibration(raw, errors, calibrator, groups, widen)
+
+    def _fit_calibration(
+        self,
+        raw: LTAUPrediction,
+        errors: np.ndarray,
+        calibrator,
+        groups: np.ndarray | None,
+        widen: bool,
+    ) -> LTAUEstimator:
+        """Fit the widening (if ``widen``) and ``calibrator`` on the uncalibrated prediction
+        ``raw`` (with its PDF) of validation queries whose observed errors are ``errors``."""
         mass = raw.pdf * self.bins.widths
         errors = _observed_errors(errors, mass.shape[0])
         widening = None
@@ -886,20 +956,33 @@ def _ood_scores(distances: np.ndarray) -> np.ndarray:
         return np.sum(np.where(found, distances, 0.0), axis=1) / found.sum(axis=1)
 
 
-def _local_scales(
-    neighbor_index: NeighborIndex, descriptors: np.ndarray, k: int, batch_size: int
+def _check_k(n_neighbors: int, n_samples: int) -> None:
+    """Refuse more neighbours than training samples."""
+    if n_neighbors > n_samples:
+        raise LTAUInputError(f"n_neighbors={n_neighbors} exceeds the {n_samples} training samples")
+
+
+def _training_distances(
+    neighbor_index: NeighborIndex, descriptors: np.ndarray, searched: int, batch_size: int
 ) -> np.ndarray:
+    """Distances ``(n_samples, searched)`` of each training sample to its ``searched`` nearest
+    training samples (itself first), searched in batches."""
+    return np.concatenate(
+        [
+            neighbor_index.search(descriptors[start : start + batch_size], searched)[0]
+            for start in range(0, descriptors.shape[0], batch_size)
+        ]
+    )
+
+
+def _local_scales(distances: np.ndarray) -> np.ndarray:
     """Local scale ``c_j = (s_j + m) / (2 m)`` of each training sample, ``(n_samples,)``:
-    ``s_j`` its mean distance to its k nearest other training samples, ``m`` the median."""
-    n_samples = descriptors.shape[0]
-    if n_samples < 2:
+    ``s_j`` its mean distance to its k nearest other training samples, ``m`` the median;
+    ``distances`` ``(n_samples, k + 1)`` from a search of the training samples themselves."""
+    if distances.shape[0] < 2:
         raise LTAUInputError("distance_scale='local' needs at least 2 training samples")
-    searched = min(k + 1, n_samples)
-    spacing = np.empty(n_samples)
-    for start in range(0, n_samples, batch_size):
-        distances, _ = neighbor_index.search(descriptors[start : start + batch_size], searched)
-        # The nearest is the sample itself (or a copy of it at distance 0): leave one 0 out.
-        spacing[start : start + batch_size] = _ood_scores(distances[:, 1:])
+    # The nearest is the sample itself (or a copy of it at distance 0): leave one 0 out.
+    spacing = _ood_scores(distances[:, 1:])
     spacing = np.where(np.isfinite(spacing), spacing, np.nanmedian(spacing))
     median = float(np.median(spacing))
     if not median > 0:

@@ -15,10 +15,16 @@ that is saved.
 
 Distances returned are Euclidean (the square root of FAISS's squared L2). An approximate index
 may find fewer than k neighbours for a query; those slots have index -1 and distance inf.
+
+Searches of fewer than
+:data:`SERIAL_QUERIES` queries run FAISS on one thread (the setting is restored afterwards):
+on cores that other processes keep busy, FAISS's threads wait for each other.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +39,23 @@ INDEX_DEFAULTS: dict[str, dict[str, int]] = {
     "hnsw": {"M": 32, "ef_construction": 200, "ef_search": 64},
     "ivfpq": {"nlist": 256, "m": 8, "nbits": 8, "nprobe": 16},
 }
+SERIAL_QUERIES = 64
+"""Searches of fewer queries than this run FAISS on one thread."""
+
+
+@contextlib.contextmanager
+def serial_faiss(n_queries: int) -> Iterator[None]:
+    """Run FAISS on one thread inside the block if ``n_queries < SERIAL_QUERIES``; restore
+    the previous thread count afterwards."""
+    if n_queries >= SERIAL_QUERIES:
+        yield
+        return
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
 
 
 @dataclass
@@ -112,7 +135,8 @@ class NeighborIndex:
                 f"query descriptors have {data.shape[1]} features; the index was built on {self.dim}"
             )
         searcher = self._gpu_index if self._gpu_index is not None else self._index
-        squared, indices = searcher.search(data, k)
+        with serial_faiss(data.shape[0]):
+            squared, indices = searcher.search(data, k)
         missing = indices < 0
         distances = np.sqrt(np.maximum(squared, 0.0))
         distances[missing] = np.inf

@@ -19,11 +19,12 @@ from typing import Protocol
 import numpy as np
 
 from ltau import metrics
-from ltau._checks import as_error_vector, group_labels, positive_int
+from ltau._checks import as_error_vector, as_float_matrix, group_labels, positive_int
 from ltau.distributions import ErrorDistributions
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
 from ltau.recording import ErrorLog, ErrorRecorder
+from ltau.search import NeighborIndex
 
 K_CANDIDATES = (5, 10, 20, 50)
 DISTANCE_SCALES = ("absolute", "local")
@@ -208,24 +209,37 @@ def choose_configuration(
             f"got {distance_scales!r}"
         )
     fit_groups = groups if (widen and group_widening and validation_groups is not None) else None
+    n_train = np.asarray(descriptors).shape[0]
+    usable = [k for k in k_candidates if k <= n_train]
+    searched = (
+        _shared_search(descriptors, validation_descriptors, max(usable), distance_scales)
+        if usable
+        else None
+    )
     scores: dict[str, float] = {}
     best: tuple[float, int, int, str] | None = None
     settings = itertools.product(sorted(candidates.items()), k_candidates, distance_scales)
     for (skip, distributions), k, scale in settings:
-        if k > descriptors.shape[0]:
+        if k > n_train:
             continue
-        estimator = LTAUEstimator(k, distance_scale=scale).fit(descriptors, distributions)
+        index, training_distances, distances, indices = searched
+        estimator = LTAUEstimator(k, distance_scale=scale).fit_searched(
+            index, distributions, None if scale == "absolute" else training_distances
+        )
+        distances, indices = distances[:, :k], indices[:, :k]
         crps_sum = 0.0
         for kept, held_out in splits:
-            estimator.calibrate(
-                validation_descriptors[kept],
+            estimator.calibrate_from_neighbors(
+                distances[kept],
+                indices[kept],
                 errors[kept],
                 method=calibration,
                 groups=None if fit_groups is None else fit_groups[kept],
                 widen=widen,
             )
-            prediction = estimator.predict(
-                validation_descriptors[held_out],
+            prediction = estimator.predict_from_neighbors(
+                distances[held_out],
+                indices[held_out],
                 groups=None if fit_groups is None else fit_groups[held_out],
                 return_pdf=True,
             )
@@ -241,3 +255,21 @@ def choose_configuration(
             f"no k among {k_candidates} fits {descriptors.shape[0]} training samples"
         )
     return {"k": best[2], "skip_epochs": best[1], "distance_scale": best[3], "cv_crps": scores}
+
+
+def _shared_search(
+    descriptors: np.ndarray,
+    validation_descriptors: np.ndarray,
+    k: int,
+    distance_scales: tuple[str, ...],
+) -> tuple[NeighborIndex, np.ndarray | None, np.ndarray, np.ndarray]:
+    """One exact index over the training ``descriptors`` and one search at the largest ``k``,
+    which every setting slices: ``(index, training distances (n_train, k + 1) or None if no
+    local scale is a candidate, validation distances (n, k), validation indices (n, k))``."""
+    data = as_float_matrix(descriptors, "descriptors")
+    index = NeighborIndex().build(data)
+    training_distances = None
+    if "local" in distance_scales:
+        training_distances = index.search(data, min(k + 1, data.shape[0]))[0]
+    distances, indices = index.search(validation_descriptors, k)
+    return index, training_distances, distances, indices
