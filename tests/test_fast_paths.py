@@ -102,3 +102,24 @@ def test_small_searches_run_on_one_thread_and_restore_the_setting(cluster_data, 
         assert settings == [1, 2, 1, 2] and faiss.omp_get_max_threads() == 2
     finally:
         set_threads(previous)
+
+
+def test_searched_fit_and_calibration_refuse_bad_input(cluster_data):
+    from ltau import LTAUInputError
+
+    train, distributions = cluster_data["train"][:200], cluster_data["distributions"]
+    subset = distributions.subset(np.arange(200))
+    estimator = LTAUEstimator(5)
+    with pytest.raises(LTAUInputError, match="must be a NeighborIndex"):
+        estimator.fit_searched(train, subset)
+    index = NeighborIndex("exact").build(train)
+    with pytest.raises(LTAUInputError, match="holds 200 items but there are 3000"):
+        estimator.fit_searched(index, distributions)
+    with pytest.raises(LTAUInputError, match="needs the training samples' distances"):
+        LTAUEstimator(5, distance_scale="local").fit_searched(index, subset, np.ones((200, 2)))
+    fitted = estimator.fit_searched(index, subset)
+    distances, indices = fitted.kneighbors(train[:20])
+    with pytest.raises(LTAUInputError):
+        fitted.calibrate_from_neighbors(distances, indices, np.ones(7))
+    with pytest.raises(LTAUInputError):
+        fitted.calibrate_from_neighbors(distances[:, :2], indices, np.ones(20))

@@ -338,6 +338,10 @@ class LTAUEstimator:
         :meth:`kneighbors` gives them; columns beyond the first ``n_neighbors + 1`` are not
         read). Lets a search at the largest k serve every smaller one."""
         self._validate_settings()
+        if not isinstance(neighbor_index, NeighborIndex):
+            raise LTAUInputError(
+                f"neighbor_index must be a NeighborIndex; got {type(neighbor_index).__name__}"
+            )
         if not isinstance(distributions, ErrorDistributions):
             raise LTAUInputError("distributions must be an ErrorDistributions instance")
         if neighbor_index.n_items != distributions.n_samples:
