@@ -994,6 +994,23 @@ MACE_TRAIN = "mace-train --log {c}/l.h5"
 DEMO = "demo --output-dir {c}/out"
 
 
+BAD_MODEL_FILES: dict[str, tuple[str, str, Callable | None]] = {
+    "missing": ("{c}/absent.pt", r"does not exist", None),
+    "garbage": ("{c}/m.pt", r"not a readable|model file", write_bytes("m.pt", b"not a model")),
+    "zip_garbage": (
+        "{c}/m.pt",
+        r"not a readable|model file",
+        write_bytes("m.pt", b"PK\x03\x04garbage"),
+    ),
+    "empty": ("{c}/m.pt", r"not a readable|model file|empty", write_bytes("m.pt", b"")),
+    "directory": ("{c}/m.pt", r"does not exist|director", make_dir("m.pt")),
+    "truncated": ("{c}/m.pt", r"not a readable|corrupt|model file", truncated("model.pt", "m.pt")),
+    "is_estimator": ("{f}/est.h5", r"not a readable|model file|not a", None),
+}
+"""Bad files given as ``--model`` to every command that takes one: the replacement of
+``{f}/model.pt``, the message expected, the setup."""
+
+
 def model_cases() -> list[Case]:
     """Bad input of the commands that run (or train) a model; none of them may start work."""
     table: list[tuple[str, str, str, Callable | None]] = [
@@ -1069,36 +1086,6 @@ def model_cases() -> list[Case]:
             r"could not be read",
             truncated("structures.xyz", "s.xyz", 0.4),
         ),
-        (
-            "relax/model_missing",
-            RELAX.replace("{f}/model.pt", "{c}/absent.pt"),
-            r"does not exist",
-            None,
-        ),
-        (
-            "relax/model_garbage",
-            RELAX.replace("{f}/model.pt", "{c}/m.pt"),
-            r"not a readable|model file",
-            write_bytes("m.pt", b"not a model"),
-        ),
-        (
-            "relax/model_directory",
-            RELAX.replace("{f}/model.pt", "{c}/m.pt"),
-            r"does not exist|director",
-            make_dir("m.pt"),
-        ),
-        (
-            "relax/model_truncated",
-            RELAX.replace("{f}/model.pt", "{c}/m.pt"),
-            r"not a readable|corrupt|model file",
-            truncated("model.pt", "m.pt"),
-        ),
-        (
-            "relax/model_is_estimator",
-            RELAX.replace("{f}/model.pt", "{f}/est.h5"),
-            r"not a readable|model file|not a",
-            None,
-        ),
         ("relax/fmax_negative", f"{RELAX} --fmax -0.1", r"fmax", None),
         ("relax/fmax_nan", f"{RELAX} --fmax nan", r"fmax", None),
         ("relax/fmax_zero", f"{RELAX} --fmax 0", r"fmax", None),
@@ -1173,24 +1160,6 @@ def model_cases() -> list[Case]:
             None,
         ),
         (
-            "descriptors/model_missing",
-            DESC.replace("{f}/model.pt", "{c}/absent.pt"),
-            r"does not exist",
-            None,
-        ),
-        (
-            "descriptors/model_garbage",
-            DESC.replace("{f}/model.pt", "{c}/m.pt"),
-            r"not a readable|model file",
-            write_bytes("m.pt", b"PK\x03\x04garbage"),
-        ),
-        (
-            "descriptors/model_empty",
-            DESC.replace("{f}/model.pt", "{c}/m.pt"),
-            r"not a readable|model file|empty",
-            write_bytes("m.pt", b""),
-        ),
-        (
             "predict/descriptors_of_other_model",
             "predict {f}/model_est.h5 --descriptors {f}/other_desc.npz -o {c}/p.csv",
             r"another model",
@@ -1237,12 +1206,6 @@ def model_cases() -> list[Case]:
             RUN.replace("{c}/out", "{c}/ro/out"),
             r"permission|not permitted|read-only|not writable|cannot",
             read_only_dir("ro"),
-        ),
-        (
-            "run/model_missing",
-            RUN.replace("{f}/model.pt", "{c}/absent.pt"),
-            r"does not exist",
-            None,
         ),
         ("run/log_missing", RUN.replace("{f}/mace_log.h5", "{c}/absent.h5"), r"absent\.h5", None),
         (
@@ -1399,6 +1362,12 @@ def model_cases() -> list[Case]:
         ("demo/task_unknown", f"{DEMO} --task images", USAGE, None),
         ("demo/device_unknown", f"{DEMO} --device tpu --epochs 1", r"device|tpu", None),
     ]
+    for command, template in (("relax", RELAX), ("descriptors", DESC), ("run", RUN)):
+        for kind, (replacement, pattern, setup) in BAD_MODEL_FILES.items():
+            table.append(
+                (f"{command}/model_{kind}", template.replace("{f}/model.pt", replacement),
+                 pattern, setup)
+            )  # fmt: skip
     return [
         Case(
             name,
@@ -3489,7 +3458,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             only=args.only,
             fresh_interpreter=args.fresh_interpreter,
         )
-    print(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
