@@ -46,7 +46,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="index parameter, repeatable; hnsw: M, ef_construction, ef_search; "
-        "ivfpq: nlist, m, nbits, nprobe",
+        "ivfpq and opq: nlist, m, nbits, nprobe; ivfsq: nlist, nprobe",
     )
     parser.add_argument(
         "--metadata",
