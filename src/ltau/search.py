@@ -199,8 +199,8 @@ class NeighborIndex:
 
     def serialize(self) -> np.ndarray:
         """The index as a uint8 array (FAISS's own serialisation, no pickle)."""
-        self._require_built()
-        return faiss.serialize_index(self._index)
+        with self._lists_in_memory() as index:
+            return faiss.serialize_index(index)
 
     @classmethod
     def deserialize(cls, kind: str, params: dict[str, int], data: np.ndarray) -> NeighborIndex:
@@ -215,8 +215,8 @@ class NeighborIndex:
 
     def write(self, path: str | os.PathLike) -> None:
         """Write the index to ``path`` in FAISS's own format (no pickle), for :meth:`read`."""
-        self._require_built()
-        faiss.write_index(self._index, os.fspath(path))
+        with self._lists_in_memory() as index:
+            faiss.write_index(index, os.fspath(path))
 
     @classmethod
     def read(
@@ -245,6 +245,28 @@ class NeighborIndex:
             return False
         lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(self._index).invlists)
         return isinstance(lists, faiss.OnDiskInvertedLists)
+
+    @contextlib.contextmanager
+    def _lists_in_memory(self) -> Iterator[Any]:
+        """The CPU index, inside the block with memory-mapped inverted lists swapped for an
+        in-memory copy: FAISS would write a reference to the mapped file instead of the lists."""
+        self._require_built()
+        if not self.memory_mapped:
+            yield self._index
+            return
+        ivf = faiss.extract_index_ivf(self._index)
+        mapped = ivf.invlists
+        copy = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+        for number in range(ivf.nlist):
+            size = mapped.list_size(number)
+            if size:
+                copy.add_entries(number, size, mapped.get_ids(number), mapped.get_codes(number))
+        ivf.own_invlists = False
+        ivf.replace_invlists(copy, False)
+        try:
+            yield self._index
+        finally:
+            ivf.replace_invlists(mapped, True)
 
     def _apply_search_params(self) -> None:
         if self.kind == "hnsw":
