@@ -135,7 +135,8 @@ def check_index_file(path: str | os.PathLike, record: IndexFileRecord, full: boo
             if magic != _MAGIC or length != size - TRAILER_SIZE:
                 if size < record.size:
                     raise LTAUFileError(
-                        f"{source} is truncated: {size} bytes, {record.size} were written"
+                        f"{source} is truncated or another file: {size} bytes without the ltau "
+                        f"trailer, {record.size} were written"
                     )
                 raise LTAUFileError(f"{source} is not an ltau index file (no ltau trailer)")
             if token.hex() != record.token:
