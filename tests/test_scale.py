@@ -215,3 +215,27 @@ def test_the_quick_check_reads_sampled_blocks_and_the_full_check_every_byte(save
     assert main(["describe", str(path)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["index_file"] == str(index_path)
+
+
+def test_the_cli_fits_predicts_and_describes_with_a_separate_compressed_index(
+    many_observations, tmp_path, capsys
+):
+    descriptors, exact = many_observations
+    np.save(tmp_path / "train.npy", descriptors)
+    np.save(tmp_path / "query.npy", descriptors[:30])
+    save_distributions(exact, tmp_path / "dist.h5")
+    fit = ["fit", "--descriptors", str(tmp_path / "train.npy")]
+    fit += ["--distributions", str(tmp_path / "dist.h5"), "-o", str(tmp_path / "est.h5")]
+    fit += ["--index", "ivfsq", "--index-param", "nlist=16", "--compress", "--index-file", "yes"]
+    assert main(fit) == 0
+    assert index_file_path(tmp_path / "est.h5").is_file()
+    predict = ["predict", str(tmp_path / "est.h5"), "--descriptors", str(tmp_path / "query.npy")]
+    assert main([*predict, "-o", str(tmp_path / "out.csv"), "--atol", "0.1"]) == 0
+    capsys.readouterr()
+    assert main(["describe", str(tmp_path / "est.h5")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["compressed"] and summary["counts_dtype"] == "uint8"
+    assert summary["settings"]["index"] == "ivfsq"
+    os.remove(index_file_path(tmp_path / "est.h5"))
+    assert main([*predict, "-o", str(tmp_path / "again.csv")]) != 0
+    assert "index file" in capsys.readouterr().err
