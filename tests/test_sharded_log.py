@@ -17,7 +17,6 @@ import pytest
 from ltau import Bins, ErrorLog, ErrorRecorder, LTAUFileError, LTAUInputError
 from ltau.cli import main
 from ltau.distributions import load_distributions
-from ltau.exceptions import LTAUClippingWarning
 from ltau.sharded_log import (
     ShardedErrorLog,
     new_log_id,
@@ -222,7 +221,7 @@ def test_shards_that_disagree_on_n_samples_are_named(tmp_path):
     with shard_recorder(manifest, rank=1, world_size=2, n_samples=12, log_id=log_id) as second:
         second.record([2], [0.3])
         second.end_epoch()
-    with pytest.raises(LTAUFileError, match="disagree.*12 samples, the manifest 10"):
+    with pytest.raises(LTAUFileError, match=r"disagree.*12 samples, the manifest 10"):
         open_error_log(manifest)
 
 
@@ -249,7 +248,7 @@ def test_overlapping_atoms_are_named(tmp_path):
     with open_error_log(manifest) as log:
         with pytest.raises(LTAUFileError, match="sample 0 was recorded by rank 0 and rank 1"):
             log.distributions()
-        with pytest.raises(LTAUFileError, match="sample 2 .* epoch row 1"):
+        with pytest.raises(LTAUFileError, match=r"sample 2 .* epoch row 1"):
             next(log.epoch_rows([1]))
 
 
