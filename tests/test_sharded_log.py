@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -316,3 +317,29 @@ def test_shard_recorder_refuses_to_replace_a_manifest(tmp_path):
     with pytest.raises(LTAUFileError, match="exists"):
         shard_recorder(manifest, rank=0, world_size=1, n_samples=4, log_id="b")
     shard_recorder(manifest, rank=0, world_size=1, n_samples=4, log_id="b", overwrite=True).close()
+
+
+# ------------------------------------------------------------------ a real multi-rank writer
+
+
+def test_lightning_ddp_writes_one_shard_per_rank_read_as_one(tmp_path):
+    """Two gloo processes (Lightning strategy="ddp" on CPU), each recording the samples its
+    DistributedSampler gave it; the log read as one holds every rank's own outputs' errors."""
+    pytest.importorskip("lightning")
+    script = Path(__file__).with_name("ddp_lightning_train.py")
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = [np.load(tmp_path / f"seen-rank{rank}.npy") for rank in range(2)]
+    with open_error_log(tmp_path / "errors.h5") as log:
+        assert isinstance(log, ShardedErrorLog) and log.world_size == 2
+        logged = log.to_array()
+    for rank in range(2):
+        with h5py.File(shard_path(tmp_path / "errors.h5", rank, 2), "r") as handle:
+            rows = handle["errors"][:]
+        # Each rank trained on half of the samples each epoch and recorded exactly those.
+        assert (np.count_nonzero(~np.isnan(rows), axis=1) == 24).all()
+        np.testing.assert_array_equal(np.isnan(rows), np.isnan(seen[rank]))
+    assert logged.shape == (3, 48) and not np.isnan(logged).any()
+    np.testing.assert_allclose(logged, np.fmax(seen[0], seen[1]), rtol=1e-6)

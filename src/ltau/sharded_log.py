@@ -34,6 +34,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,31 @@ def shard_recorder(
             recorder.close()
             raise
     return recorder
+
+
+@dataclass(frozen=True)
+class ShardedLogSpec:
+    """What a trainer needs to write a sharded log once it knows its rank: the arguments of
+    :func:`shard_recorder` other than the rank, the world size and the log id."""
+
+    manifest_path: str | os.PathLike
+    n_samples: int
+    dtype: str = "float32"
+    compression: bool = True
+    overwrite: bool = False
+
+    def recorder(self, rank: int, world_size: int, log_id: str) -> ErrorRecorder:
+        """The recorder of rank ``rank``'s shard (rank 0 also writes the manifest)."""
+        return shard_recorder(
+            self.manifest_path,
+            rank=rank,
+            world_size=world_size,
+            n_samples=self.n_samples,
+            log_id=log_id,
+            dtype=self.dtype,
+            compression=self.compression,
+            overwrite=self.overwrite,
+        )
 
 
 def _write_manifest(
@@ -330,6 +356,7 @@ def _open_shard(manifest: Path, name: object, rank: int, world_size: int, log_id
 __all__ = [
     "MANIFEST_FORMAT",
     "ShardedErrorLog",
+    "ShardedLogSpec",
     "new_log_id",
     "open_error_log",
     "shard_path",
