@@ -59,6 +59,8 @@ from ltau.histogram import Bins, Spacing
 
 LOG_FORMAT = "ltau-error-log"
 _ROW_CHUNK = 1 << 18
+# Rows of the per-epoch tags per chunk: small, so a log of few epochs (a shard) stays small.
+_TAG_CHUNK = 64
 # The log is sealed again once it has grown by this fraction since its last seal (and when it
 # is closed): hashing it after every epoch would cost O(log size) per epoch.
 SEAL_GROWTH = 0.1
@@ -556,14 +558,16 @@ def _create_log(
             **(packing if compression else {}),
         )
         handle.create_dataset(
-            "member", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1024,)
+            "member", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(_TAG_CHUNK,)
         )
         for name in ("row_min_positive", "row_max"):
             handle.create_dataset(
-                name, shape=(0,), maxshape=(None,), dtype=np.float64, chunks=(1024,)
+                name, shape=(0,), maxshape=(None,), dtype=np.float64, chunks=(_TAG_CHUNK,)
             )
         for name in ("row_sha256", "meta_sha256"):
-            handle.create_dataset(name, shape=(0,), maxshape=(None,), dtype="S64", chunks=(1024,))
+            handle.create_dataset(
+                name, shape=(0,), maxshape=(None,), dtype="S64", chunks=(_TAG_CHUNK,)
+            )
 
 
 def _as_float16(errors: np.ndarray) -> np.ndarray:
