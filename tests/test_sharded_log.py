@@ -343,3 +343,52 @@ def test_lightning_ddp_writes_one_shard_per_rank_read_as_one(tmp_path):
         np.testing.assert_array_equal(np.isnan(rows), np.isnan(seen[rank]))
     assert logged.shape == (3, 48) and not np.isnan(logged).any()
     np.testing.assert_allclose(logged, np.fmax(seen[0], seen[1]), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [("missing", "does not exist"), ("directory", "is a directory"), ("foreign", "not written by")],
+)
+def test_open_error_log_refuses_what_is_not_a_log(tmp_path, kind, message):
+    path = tmp_path / "log.h5"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "foreign":
+        with h5py.File(path, "w") as handle:
+            handle["x"] = [1, 2]
+    with pytest.raises(LTAUFileError, match=message):
+        open_error_log(path)
+
+
+def test_merged_histograms_equal_one_accumulator_over_all_epochs():
+    from ltau.distributions import HistogramAccumulator
+
+    errors = errors_of(5)
+    bins = Bins.log(0.02, 1.0, 15)  # clips on both sides
+    whole, first, second = (HistogramAccumulator(bins, N_SAMPLES) for _ in range(3))
+    for epoch, row in enumerate(errors):
+        whole.add_checked(None, row)
+        (first if epoch < 3 else second).add_checked(None, row)
+    first.merge(second)
+    np.testing.assert_array_equal(first.counts, whole.counts)
+    assert first.clipping() == whole.clipping()
+    with pytest.raises(LTAUInputError, match="same bins"):
+        first.merge(HistogramAccumulator(Bins.log(0.02, 1.0, 16), N_SAMPLES))
+    with pytest.raises(LTAUInputError, match="same bins and samples"):
+        first.merge(HistogramAccumulator(bins, N_SAMPLES + 1))
+    with pytest.raises(LTAUInputError, match="only a HistogramAccumulator"):
+        first.merge(whole.distributions())
+
+
+def test_lightning_callback_with_a_spec_has_its_recorder_only_once_fitting(tmp_path):
+    pytest.importorskip("lightning")
+    from ltau.integrations.lightning import LTAUCallback
+    from ltau.sharded_log import ShardedLogSpec
+
+    callback = LTAUCallback(
+        ShardedLogSpec(tmp_path / "errors.h5", 4), error_fn=abs, ids_fn=lambda b: b[2]
+    )
+    with pytest.raises(LTAUInputError, match="made when the trainer fits"):
+        callback.descriptors(None, [])
+    with pytest.raises(LTAUInputError, match="ids_fn must be callable"):
+        LTAUCallback(ShardedLogSpec(tmp_path / "errors.h5", 4), error_fn=abs, ids_fn=3)
