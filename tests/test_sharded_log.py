@@ -392,3 +392,43 @@ def test_lightning_callback_with_a_spec_has_its_recorder_only_once_fitting(tmp_p
         callback.descriptors(None, [])
     with pytest.raises(LTAUInputError, match="ids_fn must be callable"):
         LTAUCallback(ShardedLogSpec(tmp_path / "errors.h5", 4), error_fn=abs, ids_fn=3)
+
+
+def test_a_sharded_log_carries_the_trainers_facts_for_ltau_run(tmp_path):
+    """What `ltau run` reads from a log besides its rows (the samples columns and provenance)
+    comes from the manifest, as from a one-writer log."""
+    import ase
+    import ase.io
+
+    from ltau._io import file_sha256
+    from ltau.atomistic.structures import read_structures
+    from ltau.atomistic.training_log import logged_training
+
+    configs = [ase.Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.7 + 0.01 * i]]) for i in range(3)]
+    path = tmp_path / "train.xyz"
+    ase.io.write(path, configs)
+    train = read_structures(path, energy_key=None, forces_key=None, require_forces=False)
+    samples = {"configuration": np.repeat([0, 1, 2], 2), "atom": np.tile([0, 1], 3)}
+    facts = {
+        "train_file_sha256": file_sha256(path),
+        "trained_configurations": [0, 2],
+        "validation_configurations": [1],
+    }
+    with ErrorRecorder(6, log_path=tmp_path / "one.h5", samples=samples, provenance=facts) as rec:
+        rec.record([0, 1, 4, 5], [0.1, 0.2, 0.3, 0.4])
+        rec.end_epoch(allow_missing=True)
+    manifest = tmp_path / "sharded.h5"
+    log_id = new_log_id()
+    for rank, ids in ((0, [0, 1]), (1, [4, 5])):
+        extra = {"samples": samples, "provenance": facts} if rank == 0 else {}
+        with shard_recorder(
+            manifest, rank=rank, world_size=2, n_samples=6, log_id=log_id, **extra
+        ) as rec:
+            rec.record(ids, [0.1, 0.2] if rank == 0 else [0.3, 0.4])
+            rec.end_epoch()
+    with open_error_log(tmp_path / "one.h5") as one, open_error_log(manifest) as sharded:
+        expected, got = logged_training(one, train, path), logged_training(sharded, train, path)
+        np.testing.assert_array_equal(sharded.to_array(), one.to_array())
+    np.testing.assert_array_equal(got.sample_ids, expected.sample_ids)
+    assert got.provenance == expected.provenance
+    assert len(got.validation.atoms) == len(expected.validation.atoms) == 1
