@@ -8,7 +8,8 @@ ranks (as a DistributedSampler does), each rank recording its configurations' at
 own shard. For every storage option (float32 or float16, rows plain or gzip-compressed) it
 reports the bytes per atom-epoch of all the files (shards and manifest; ``bytes_per_atom_epoch``)
 and of the rows alone (``row_bytes_per_atom_epoch``, without each file's fixed overhead), and
-the time per epoch written as a ratio to plain float32 in the same run. The float16 histograms
+the time per epoch written as a ratio to plain float32 in the same run, and the time to build
+the distributions from each log as a ratio to the one-writer float32 log. The float16 histograms
 (100 log bins spanning the float32 log's range) are compared with the float32 ones: the share of
 observations counted in another bin, and the change in each atom's expected error and
 P(error > atol).
@@ -105,6 +106,17 @@ def write_sharded(errors, sizes, world_size, dtype, compression, folder, seed):
     return manifest, total, rows, seconds
 
 
+def build_seconds(path: Path, repeats: int = 3) -> float:
+    """Best of ``repeats`` times to build the distributions (default bins) from a log."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        with open_error_log(path) as log:
+            log.distributions()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
 def histogram_change(reference: Path, half: Path, atol: float) -> dict[str, float]:
     """float16 against float32 histograms on the float32 log's own bins."""
     with open_error_log(reference) as log:
@@ -159,6 +171,11 @@ def main() -> None:
                 "row_bytes_per_atom_epoch": rows / atom_epochs,
                 "write_time_vs_float32": seconds / plain_seconds[world_size],
             }
+        build = {key: build_seconds(path) for key, path in logs.items()}
+        for (world_size, name), seconds in build.items():
+            storage[f"ranks_{world_size}"][name]["build_time_vs_one_writer_float32"] = (
+                seconds / build[1, "float32"]
+            )
         # The sharded float32 log is the reference's errors exactly; float16 is compared to it.
         with open_error_log(logs[4, "float32+gzip"]) as log:
             same = bool(np.array_equal(log.to_array(), errors))

@@ -15,9 +15,9 @@ read through a bounded-time parse instead. :class:`ErrorLog` reads a log.
 
 Log layout (format ``ltau-error-log``, version 2; version 1 had no seal): ``errors`` float32
 (or float16, the recorder's ``dtype``; root attribute ``error_dtype``) ``(n_epochs, n_samples)``
-(NaN where a sample was not recorded that epoch; gzip-compressed rows with ``compression``), ``member`` int32 ``(n_epochs,)`` (which model
-each row belongs to), ``row_min_positive`` / ``row_max`` float64 ``(n_epochs,)``; root attributes
-``n_samples`` and ``n_complete``. Optional: the group ``samples`` holds named int64 columns
+(NaN where a sample was not recorded that epoch; gzip-compressed rows with ``compression``),
+``member`` int32 ``(n_epochs,)`` (which model each row belongs to), ``row_min_positive`` /
+``row_max`` float64 ``(n_epochs,)``; root attributes ``n_samples`` and ``n_complete``. Optional: the group ``samples`` holds named int64 columns
 ``(n_samples,)`` that say what each sample is (for a force field: ``configuration`` and ``atom``,
 its configuration in the training file and its atom within it), each with a SHA-256; the group
 ``provenance`` holds a signed JSON object of facts about the run (training file and its
