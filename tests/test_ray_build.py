@@ -14,7 +14,7 @@ ray = pytest.importorskip("ray")
 from ase.build import add_adsorbate, fcc111  # noqa: E402
 from ase.calculators.emt import EMT  # noqa: E402
 
-from ltau import Bins, ErrorRecorder, LTAUInputError  # noqa: E402
+from ltau import Bins, ErrorRecorder, LTAUFileError, LTAUInputError  # noqa: E402
 from ltau.atomistic.structures import read_structures  # noqa: E402
 from ltau.integrations.mace import MACESettings, evaluate_mace, train_mace  # noqa: E402
 from ltau.integrations.ray_build import descriptors_on_ray, distributions_on_ray  # noqa: E402
@@ -114,10 +114,24 @@ def test_descriptors_on_ray_equal_the_single_process_ones(cluster, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_workers_file_error_reaches_the_caller_as_such(cluster, tmp_path):
+    """Two ranks recorded sample 2 in the same epoch: found by the worker that reads it."""
+    manifest = tmp_path / "errors.h5"
+    log_id = new_log_id()
+    for rank, ids in ((0, [0, 1, 2]), (1, [2, 3])):
+        with shard_recorder(manifest, rank=rank, world_size=2, n_samples=4, log_id=log_id) as rec:
+            rec.record(ids, [0.2] * len(ids))
+            rec.end_epoch()
+    with pytest.raises(LTAUFileError, match="sample 2 was recorded by rank 0 and rank 1"):
+        distributions_on_ray(manifest, n_workers=2)
+
+
 def test_bad_input(cluster, tmp_path):
     structures = emt_structures(1, 1)
-    with pytest.raises(LTAUInputError, match="does not exist"):
+    with pytest.raises(LTAUFileError, match="does not exist"):
         descriptors_on_ray(tmp_path / "missing.model", structures)
+    with pytest.raises(LTAUFileError, match="does not exist"):
+        distributions_on_ray(tmp_path / "absent.h5")
     with pytest.raises(LTAUInputError, match="LabelledStructures"):
         descriptors_on_ray(tmp_path / "missing.model", [1, 2])
     with pytest.raises(LTAUInputError, match="n_workers"):

@@ -30,7 +30,7 @@ import ray
 from ltau._checks import positive_int
 from ltau.atomistic.structures import LabelledStructures
 from ltau.distributions import ErrorDistributions, HistogramAccumulator
-from ltau.exceptions import LTAUInputError
+from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.histogram import Bins, Spacing
 from ltau.recording import _checked_samples, add_rows
 from ltau.sharded_log import open_error_log
@@ -101,7 +101,7 @@ def descriptors_on_ray(
     n_workers = _workers(n_workers, cpus_per_worker)
     path = Path(model_path).resolve()
     if not path.is_file():
-        raise LTAUInputError(f"the model file {path} does not exist")
+        raise LTAUFileError(f"the model file {path} does not exist")
     configs = np.arange(structures.index.n_configs)
     chunks = [c for c in np.array_split(configs, min(n_workers, configs.size)) if c.size]
     task = _descriptors_of.options(num_cpus=cpus_per_worker)
@@ -112,7 +112,7 @@ def descriptors_on_ray(
     results = ray.get(futures)
     fingerprints = {fingerprint for _, fingerprint in results}
     if len(fingerprints) > 1:
-        raise LTAUInputError(
+        raise LTAUFileError(
             f"the workers loaded different models from {path} (it changed during the run)"
         )
     return np.concatenate([descriptors for descriptors, _ in results])
