@@ -125,21 +125,32 @@ class NeighborIndex:
         Returns ``(distances, indices)``, both ``(n_queries, k)``: Euclidean distances (float32,
         ascending) and item indices (int64; -1 where an approximate index found fewer than k).
         """
-        self._require_built()
-        k = positive_int(k, "k")
-        if k > self.n_items:
-            raise LTAUInputError(f"k={k} neighbours requested but only {self.n_items} are indexed")
+        k = self.checked_k(k)
         data = as_float_matrix(queries, "query descriptors")
         if data.shape[1] != self.dim:
             raise LTAUInputError(
                 f"query descriptors have {data.shape[1]} features; the index was built on {self.dim}"
             )
+        return self.search_checked(data, k)
+
+    def checked_k(self, k: int) -> int:
+        """``k`` as an int in ``[1, n_items]``, or an error naming the problem."""
+        self._require_built()
+        k = positive_int(k, "k")
+        if k > self.n_items:
+            raise LTAUInputError(f"k={k} neighbours requested but only {self.n_items} are indexed")
+        return k
+
+    def search_checked(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` of queries already checked: a C-contiguous, finite float32
+        ``(n_queries, dim)`` array and an int ``1 <= k <= n_items`` (the per-call path of
+        :meth:`ltau.estimator.LTAUEstimator.predict`, which checks them once)."""
         searcher = self._gpu_index if self._gpu_index is not None else self._index
-        with serial_faiss(data.shape[0]):
-            squared, indices = searcher.search(data, k)
-        missing = indices < 0
-        distances = np.sqrt(np.maximum(squared, 0.0))
-        distances[missing] = np.inf
+        with serial_faiss(queries.shape[0]):
+            squared, indices = searcher.search(queries, k)
+        distances = np.sqrt(np.maximum(squared, 0.0, out=squared), out=squared)
+        if indices.min() < 0:
+            distances[indices < 0] = np.inf
         return distances, indices
 
     @property
