@@ -64,7 +64,7 @@ from ltau.exceptions import LTAUFileError, LTAUInputError, NotFittedError
 from ltau.histogram import Bins, edge_cdf, interpolate_cdf, interval_levels, row_chunks
 from ltau.histogram import quantiles as mixture_quantiles
 from ltau.metrics import probability_integral_transform, uq_metrics
-from ltau.search import NeighborIndex
+from ltau.search import NeighborIndex, index_kind_for
 
 ESTIMATOR_FORMAT = "ltau-estimator"
 _ESTIMATOR_ATTRIBUTES = (
@@ -293,7 +293,9 @@ class LTAUEstimator:
         ``"absolute"`` (Euclidean distances) or ``"local"`` (each divided by the training
         neighbour's local spacing, see the module docstring) for weights and OOD scores.
     index:
-        Neighbour search backend: ``"exact"``, ``"hnsw"`` or ``"ivfpq"`` (see :mod:`ltau.search`).
+        Neighbour search backend: ``"exact"``, ``"hnsw"`` or ``"ivfpq"``, or ``"auto"``: exact
+        up to :data:`~ltau.search.AUTO_EXACT_LIMIT` training samples, HNSW above (see
+        :mod:`ltau.search`; the kind built is ``index_.kind``).
     index_params:
         Parameters of that backend, e.g. ``{"ef_search": 128}`` or ``{"nlist": 1024, "nprobe": 32}``.
     batch_size:
@@ -339,7 +341,8 @@ class LTAUEstimator:
                 f"{data.shape[0]} descriptor rows but {distributions.n_samples} distributions"
             )
         _check_k(self.n_neighbors, data.shape[0])
-        neighbor_index = NeighborIndex(self.index, dict(self.index_params or {})).build(data)
+        kind = index_kind_for(self.index, data.shape[0])
+        neighbor_index = NeighborIndex(kind, dict(self.index_params or {})).build(data)
         training_distances = None
         if self.distance_scale == "local":
             training_distances = _training_distances(
@@ -371,9 +374,11 @@ class LTAUEstimator:
                 f"the index holds {neighbor_index.n_items} items but there are "
                 f"{distributions.n_samples} distributions"
             )
-        if neighbor_index.kind != self.index:
+        expected_kind = index_kind_for(self.index, neighbor_index.n_items)
+        if neighbor_index.kind != expected_kind:
             raise LTAUInputError(
-                f"the index is of kind {neighbor_index.kind!r}; this estimator uses {self.index!r}"
+                f"the index is of kind {neighbor_index.kind!r}; this estimator uses "
+                f"{expected_kind!r}" + (" (index='auto')" if self.index == "auto" else "")
             )
         _check_k(self.n_neighbors, neighbor_index.n_items)
         local_scale = None
@@ -402,8 +407,14 @@ class LTAUEstimator:
             raise LTAUInputError(
                 f"index_params must be a dict or None; got {type(self.index_params).__name__}"
             )
-        # Validates the kind and its parameters.
-        NeighborIndex(self.index, dict(self.index_params or {}))
+        if self.index == "auto":
+            if self.index_params:
+                raise LTAUInputError(
+                    "index='auto' chooses the index and its parameters; give index_params "
+                    "with an explicit index ('exact', 'hnsw' or 'ivfpq')"
+                )
+        else:  # Validates the kind and its parameters.
+            NeighborIndex(self.index, dict(self.index_params or {}))
 
     def _set_fitted(
         self,
