@@ -898,7 +898,12 @@ def option_cases() -> list[Case]:
         ("fit/weights_unknown", f"{FIT} --weights cubic", USAGE),
         ("fit/distance_scale_unknown", f"{FIT} --distance-scale relative", USAGE),
         ("fit/index_unknown", f"{FIT} --index annoy", USAGE),
-        ("fit/index_param_unknown", f"{FIT} --index-param M=4", r"unknown parameters"),
+        (
+            "fit/index_param_unknown",
+            f"{FIT} --index exact --index-param M=4",
+            r"unknown parameters",
+        ),
+        ("fit/index_param_with_auto", f"{FIT} --index-param ef_search=8", r"index='auto' chooses"),
         ("fit/index_param_not_int", f"{FIT} --index hnsw --index-param M=x", r"must be an integer"),
         ("fit/index_param_no_equals", f"{FIT} --index hnsw --index-param M", r"NAME=VALUE"),
         ("fit/index_param_negative", f"{FIT} --index hnsw --index-param M=-4", r"\bM\b"),

@@ -17,8 +17,17 @@ Measurements (every one interleaved, ABAB..., medians):
   again while a child process keeps one core busy (``*_loaded``; torch then on one thread:
   on both cores its forward waits seconds for the busy one). The search alone
   (``kneighbors``) is also timed with FAISS on one thread and on all threads.
+  ``predict_alone_us`` is ``LTAUEstimator.predict`` on one step's descriptors called again
+  and again (warm caches), for comparison with the added time right after a forward.
 * **Batched**: ``evaluate_mace`` on ``--batch-structures`` structures (the forward, batches of
   20) against ``LTAUEstimator.predict`` on all their atoms at once, per atom.
+* **Search by training-set size** (``search_by_training_size``): one MD step's 15 queries
+  against synthetic clustered descriptors of the estimator's size, 1e3 to 1e5 items, exact and
+  HNSW (``M=32, ef_search=64``) on one FAISS thread, with HNSW's recall@k: the measurement
+  behind ``index="auto"`` (:data:`ltau.search.AUTO_EXACT_LIMIT`).
+
+``--size mace_run_train`` trains the size of model ``mace_run_train`` builds by default
+(128 channels, ``128x0e + 128x1o`` hidden irreps) instead of ltau's small demo MACE.
 
 The last line printed is a JSON object with the results (also written to ``--output``).
 
@@ -38,6 +47,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import ase.io
@@ -46,6 +56,7 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
+from tqdm.auto import tqdm
 
 from ltau import ErrorRecorder, LTAUEstimator
 from ltau.atomistic.structures import read_isolated_atom_energies, read_structures
@@ -56,6 +67,7 @@ from ltau.integrations.mace import (
     evaluate_mace,
     train_mace,
 )
+from ltau.search import NeighborIndex, index_kind_for, serial_faiss
 
 DATA = Path("/work/shared/data/acac")
 logger = logging.getLogger("inference")
@@ -74,9 +86,18 @@ class ForwardOnly(LTAUCalculator):
         }
 
 
-def train_demo(n_train: int, n_validation: int, epochs: int) -> tuple[TrainedMACE, LTAUEstimator]:
-    """The demo's configuration on acetylacetone: MACE, then a local-scale, widened and
-    isotonically calibrated estimator."""
+MODEL_SIZES = {
+    "demo": MACESettings(),
+    "mace_run_train": MACESettings(num_channels=128, max_L=1),
+}
+"""ltau's small demo MACE, and the size ``mace_run_train`` builds by default."""
+
+
+def train_demo(
+    n_train: int, n_validation: int, epochs: int, settings: MACESettings
+) -> tuple[TrainedMACE, LTAUEstimator]:
+    """The demo's configuration on acetylacetone: MACE of ``settings``, then a local-scale,
+    widened and isotonically calibrated estimator."""
     frames = read_structures(DATA / "train_300K.xyz")
     fit_set = frames.subset(range(n_train))
     validation = frames.subset(range(n_train, n_train + n_validation))
@@ -88,7 +109,7 @@ def train_demo(n_train: int, n_validation: int, epochs: int) -> tuple[TrainedMAC
         trained = train_mace(
             fit_set,
             epochs=epochs,
-            settings=MACESettings(),
+            settings=settings,
             isolated_atom_energies=e0s,
             recorder=recorder,
             progress=False,
@@ -142,10 +163,12 @@ def md_step(
     forward_us = float(np.median(times[:, 0]))
     added_us = float(np.median(times[:, 1] - times[:, 0]))
     descriptors = forward.evaluate_model(atoms, compute_stress=False).descriptors
+    groups = np.zeros(len(atoms), dtype=np.int64)
     search = interleaved(
         [
             lambda: estimator.kneighbors(descriptors),
             lambda: _threaded_search(estimator, descriptors),
+            lambda: estimator.predict(descriptors, groups=groups, atol=ltau.atol),
         ],
         repeats,
     )
@@ -157,6 +180,7 @@ def md_step(
         "ltau_share": added_us / forward_us,
         "kneighbors_us": float(np.median(search[:, 0]) * 1e6),
         "kneighbors_all_threads_us": float(np.median(search[:, 1]) * 1e6),
+        "predict_alone_us": float(np.median(search[:, 2]) * 1e6),
     }
 
 
@@ -190,6 +214,39 @@ def batched(
     }
 
 
+def search_by_training_size(dim: int, k: int, sizes: tuple[int, ...], repeats: int) -> list:
+    """Per-call search time (µs) of 15 queries, exact and HNSW, and HNSW's recall@k, over
+    synthetic clustered descriptors of ``dim`` features, one FAISS thread."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=3.0, size=(200, dim))
+    rows = []
+    for n_items in tqdm(sizes, desc="search by training-set size"):
+        items = (centres[rng.integers(0, 200, n_items)] + rng.normal(size=(n_items, dim))).astype(
+            np.float32
+        )
+        step = (items[:15] + rng.normal(scale=0.3, size=(15, dim))).astype(np.float32)
+        exact = NeighborIndex("exact").build(items)
+        hnsw = NeighborIndex("hnsw", {"M": 32, "ef_search": 64}).build(items)
+        times = interleaved(
+            [partial(exact.search, step, k), partial(hnsw.search, step, k)], repeats
+        )
+        probes = (
+            items[rng.integers(0, n_items, 500)] + rng.normal(scale=0.3, size=(500, dim))
+        ).astype(np.float32)
+        found, truth = hnsw.search(probes, k)[1], exact.search(probes, k)[1]
+        recall = np.mean([np.intersect1d(a, b).size / k for a, b in zip(found, truth, strict=True)])
+        rows.append(
+            {
+                "n_items": n_items,
+                "exact_us": float(np.median(times[:, 0]) * 1e6),
+                "hnsw_us": float(np.median(times[:, 1]) * 1e6),
+                "hnsw_recall_at_k": float(recall),
+                "auto_chooses": index_kind_for("auto", n_items),
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="a TrainedMACE file (default: train one)")
@@ -203,6 +260,14 @@ def main() -> None:
     parser.add_argument("--batch-repeats", type=int, default=5)
     parser.add_argument("--save", type=Path, help="write the trained model and estimator here")
     parser.add_argument("--output", type=Path, help="also write the JSON here")
+    parser.add_argument("--size", choices=sorted(MODEL_SIZES), default="demo", help="model size")
+    parser.add_argument(
+        "--search-sizes",
+        type=int,
+        nargs="*",
+        default=[1000, 3000, 10000, 30000, 100000],
+        help="training-set sizes of the search measurement (none: skip it)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     if (args.model is None) != (args.estimator is None):
@@ -210,7 +275,7 @@ def main() -> None:
     if args.model is None:
         logger.info("training the demo model and estimator on acetylacetone")
         trained, estimator = train_demo(
-            args.train_structures, args.validation_structures, args.epochs
+            args.train_structures, args.validation_structures, args.epochs, MODEL_SIZES[args.size]
         )
         if args.save is not None:
             args.save.mkdir(parents=True, exist_ok=True)
@@ -236,6 +301,10 @@ def main() -> None:
         torch.set_num_threads(torch_threads)
     logger.info("batched")
     batch = batched(trained, estimator, args.structure, args.batch_structures, args.batch_repeats)
+    with serial_faiss(1):
+        by_size = search_by_training_size(
+            estimator.n_features_in_, estimator.n_neighbors, tuple(args.search_sizes), 200
+        )
     results = {
         "ltau_share_md_step": quiet["ltau_share"],
         "ltau_share_md_step_loaded": loaded["ltau_share"],
@@ -243,6 +312,9 @@ def main() -> None:
         "md_step": quiet,
         "md_step_loaded": loaded,
         "batched": batch,
+        "search_by_training_size": by_size,
+        "model_channels": trained.settings.num_channels,
+        "model_max_L": trained.settings.max_L,
         "training_atoms": estimator.index_.n_items,
         "descriptor_dim": estimator.n_features_in_,
         "n_neighbors": estimator.n_neighbors,

@@ -260,10 +260,26 @@ def test_describe_log_and_distributions(recorded, capsys):
                 "{d}/dist.h5",
                 "-o",
                 "{d}/e.h5",
+                "--index",
+                "exact",
                 "--index-param",
                 "M=4",
             ),
             "unknown parameters",
+        ),
+        (
+            (
+                "fit",
+                "--descriptors",
+                "{d}/train.npy",
+                "--distributions",
+                "{d}/dist.h5",
+                "-o",
+                "{d}/e.h5",
+                "--index-param",
+                "ef_search=8",
+            ),
+            "index='auto' chooses the index and its parameters",
         ),
         (
             (

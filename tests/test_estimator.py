@@ -29,6 +29,7 @@ from ltau import (
 from ltau._io import sign_attributes
 from ltau.distributions import save_distributions
 from ltau.estimator import _ESTIMATOR_ATTRIBUTES
+from ltau.search import NeighborIndex
 
 ATOLS = [0.0, 0.013, 0.1, 0.37, 2.5, 1e3]
 # Levels chosen off every multiple of 1 / (k x 25 observations): no exact CDF plateaus.
@@ -677,3 +678,30 @@ def test_single_item_and_bin_edge_cases(tmp_path):
         ),
         prediction,
     )
+
+
+def test_auto_index_is_exact_for_small_sets_and_hnsw_above_the_limit(tmp_path, monkeypatch):
+    rng = np.random.default_rng(5)
+    points = rng.normal(size=(120, 8)).astype(np.float32)
+    distributions = ErrorDistributions.from_errors(np.abs(rng.normal(size=(120, 6))), n_bins=12)
+    small = LTAUEstimator(4, index="auto").fit(points, distributions)
+    assert small.index_.kind == "exact"
+    np.testing.assert_array_equal(
+        small.kneighbors(points[:5])[1],
+        LTAUEstimator(4).fit(points, distributions).kneighbors(points[:5])[1],
+    )
+    monkeypatch.setattr("ltau.search.AUTO_EXACT_LIMIT", 100)
+    large = LTAUEstimator(4, index="auto").fit(points, distributions)
+    assert large.index_.kind == "hnsw"
+    large.save(tmp_path / "auto.h5")
+    loaded = LTAUEstimator.load(tmp_path / "auto.h5")
+    assert loaded.index == "auto" and loaded.index_.kind == "hnsw"
+    np.testing.assert_array_equal(
+        loaded.predict(points[:7]).expected_error, large.predict(points[:7]).expected_error
+    )
+    with pytest.raises(LTAUInputError, match="uses 'hnsw' \\(index='auto'\\)"):
+        LTAUEstimator(4, index="auto").fit_searched(
+            NeighborIndex().build(points), distributions, None
+        )
+    with pytest.raises(LTAUInputError, match="index='auto' chooses the index and its parameters"):
+        LTAUEstimator(4, index="auto", index_params={"ef_search": 8}).fit(points, distributions)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
+from golden_predictions import GOLDEN_FILE, golden_cases
 
 from ltau import LTAUEstimator
 from ltau.histogram import cdf_at, edge_cdf
@@ -123,3 +124,11 @@ def test_searched_fit_and_calibration_refuse_bad_input(cluster_data):
         fitted.calibrate_from_neighbors(distances, indices, np.ones(7))
     with pytest.raises(LTAUInputError):
         fitted.calibrate_from_neighbors(distances[:, :2], indices, np.ones(20))
+
+
+def test_predictions_equal_those_before_the_per_call_path_was_reworked():
+    golden = np.load(GOLDEN_FILE)
+    today = golden_cases()
+    assert sorted(today) == sorted(golden.files)
+    for name in golden.files:
+        np.testing.assert_allclose(today[name], golden[name], rtol=1e-9, atol=1e-12, err_msg=name)

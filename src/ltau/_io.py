@@ -37,9 +37,19 @@ from ltau.exceptions import LTAUFileError, LTAUInputError
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSIONS = {"ltau-estimator": 3, "ltau-distributions": 2, "ltau-error-log": 2}
+FORMAT_VERSIONS = {
+    "ltau-estimator": 3,
+    "ltau-distributions": 2,
+    "ltau-error-log": 2,
+    "ltau-error-log-manifest": 1,
+}
 # The first version of each format that is sealed; older ones are read through the bounded path.
-SEALED_SINCE = {"ltau-estimator": 3, "ltau-distributions": 2, "ltau-error-log": 2}
+SEALED_SINCE = {
+    "ltau-estimator": 3,
+    "ltau-distributions": 2,
+    "ltau-error-log": 2,
+    "ltau-error-log-manifest": 1,
+}
 # Formats changed in place after they are written (the seal is re-written after each change).
 _CHANGED_IN_PLACE = {"ltau-error-log"}
 
@@ -621,6 +631,20 @@ def file_format(path: str | os.PathLike) -> str:
     if found not in FORMAT_VERSIONS:
         raise LTAUFileError(f"{source} was not written by ltau (no known 'format' attribute)")
     return found
+
+
+def sealed_format(path: str | os.PathLike) -> str | None:
+    """The format named by the seal of the file at ``path``, None without an intact seal or
+    file: a cheap first look to route a file to its reader, which then checks all of it."""
+    try:
+        descriptor = _open_regular(Path(path))
+    except (LTAUFileError, OSError):
+        return None
+    try:
+        found = _read_seal(os.pread(descriptor, _SEAL.size + 32, 0))
+    finally:
+        os.close(descriptor)
+    return None if found is None else found[1]
 
 
 def write_array(group: h5py.Group, name: str, data: np.ndarray) -> None:

@@ -85,6 +85,8 @@ _COARSE_POINTS = 241
 _REFINE_POINTS = 41
 _REFINEMENTS = 3
 _ROWS_PER_BLOCK = 8192
+_NARROW_LEVELS = 1e-9
+"""Level intervals across a knot at most this wide get the mean of their end levels."""
 
 
 def _checked_fit_data(
@@ -367,7 +369,7 @@ class IsotonicCalibrator(_Calibrator):
     Applying it: ``CDF = g(F(x / s))``; ``P(error > atol) = 1 - g(1 - p)`` with ``p`` the raw
     exceedance at ``atol / s``; the quantile at level ``q`` is ``s`` times the raw quantile at
     level ``g^{-1}(q) = inf{p : g(p) >= q}`` (on flat parts of ``g``, the left end); the
-    expected error ``s (e_K - integral_{e_0}^{e_K} g(F(t)) dt)`` is integrated exactly.
+    expected error ``s (e_K - integral_{e_0}^{e_K} g(F(t)) dt)`` is integrated in closed form.
     Fitted attributes: ``scale_``, ``level_knots_``, ``frequency_knots_``,
     ``miscalibration_area_before_`` (raw), ``miscalibration_area_after_`` (calibrated, on the
     validation data) and ``n_fit_``.
@@ -435,12 +437,13 @@ class IsotonicCalibrator(_Calibrator):
         return knots[lower] + fraction * (knots[upper] - knots[lower])
 
     def expected_error(self, mass: np.ndarray, bins: Bins) -> np.ndarray:
-        """Calibrated mean error of each row, ``(n,)``, integrated exactly.
+        """Calibrated mean error of each row, ``(n,)``, integrated in closed form.
 
         ``E = s (e_K - integral_{e_0}^{e_K} g(F(t)) dt)`` (the calibrated error lies in
         ``[s e_0, s e_K]``). In a bin of width ``w`` where ``F`` rises linearly from ``a`` to
-        ``b`` the integral of ``g(F)`` is ``w`` times the mean of ``g`` over ``[a, b]``, the
-        integral of the piecewise-linear ``g`` split at its knots (``w g(a)`` if ``a = b``).
+        ``b`` the integral of ``g(F)`` is ``w`` times the mean of ``g`` over ``[a, b]``, from
+        the integral of the piecewise-linear ``g`` (``w g(a)`` if ``a = b``; see
+        ``_mean_levels`` for the rounding).
         """
         self._require_fitted()
         mass = checked_mass(mass, bins)
@@ -467,31 +470,27 @@ class IsotonicCalibrator(_Calibrator):
     def _mean_levels(self, cdf: np.ndarray) -> np.ndarray:
         """Mean of ``g`` over ``[cdf[:, j], cdf[:, j + 1]]`` for each bin ``j``, ``(n, n_bins)``.
 
-        Computed without dividing a difference of large antiderivatives by a small width:
-        inside one knot segment the mean is ``(g(low) + g(high)) / 2``; across segments the
-        two partial segments are integrated locally and the whole ones in between summed.
+        Where ``a`` and ``b`` lie in one knot segment, ``g`` is linear on ``[a, b]`` and the
+        mean is ``(g(a) + g(b)) / 2``. Across knots it is ``(G(b) - G(a)) / (b - a)``, with
+        ``G`` the integral of ``g`` from 0 (piecewise quadratic, exact from the knots), kept
+        within ``[g(a), g(b)]``; rounding in ``G(b) - G(a)`` (about 1e-16) moves it by about
+        ``1e-16 / (b - a)``, so intervals narrower than 1e-9 take the mean of their end levels
+        instead (off by at most the change of slope at the knot times ``b - a``).
         """
         knots, frequencies = self.level_knots_, self.frequency_knots_
-        slopes, at_knots = self._slopes, self._integral_at_knots
-        # Segment holding each level (the last one for level 1) and g there, from one search.
-        segment = np.clip(np.searchsorted(knots, cdf, side="right") - 1, 0, knots.size - 2)
+        segment = np.searchsorted(knots, cdf, side="right") - 1
+        np.clip(segment, 0, knots.size - 2, out=segment)
         offset = cdf - knots[segment]
-        level = frequencies[segment] + offset * slopes[segment]
-        # As the upper end of an interval, a level on a knot belongs to the segment below.
-        upper_segment = np.where((offset == 0) & (segment > 0), segment - 1, segment)
-        low, high = cdf[:, :-1], cdf[:, 1:]
+        start = frequencies[segment]
+        level = start + offset * self._slopes[segment]
+        integral = self._integral_at_knots[segment] + 0.5 * offset * (start + level)
+        width = cdf[:, 1:] - cdf[:, :-1]
         g_low, g_high = level[:, :-1], level[:, 1:]
-        first, last = segment[:, :-1], upper_segment[:, 1:]
-        after_low = np.minimum(first + 1, knots.size - 1)
-        integral = (
-            (knots[after_low] - low) * (g_low + frequencies[after_low]) / 2.0
-            + (at_knots[last] - at_knots[after_low])
-            + (high - knots[last]) * (frequencies[last] + g_high) / 2.0
-        )
-        width = high - low
         with np.errstate(invalid="ignore", divide="ignore"):
-            across = np.clip(integral / width, g_low, g_high)
-        return np.where((first >= last) | (width <= 0), 0.5 * (g_low + g_high), across)
+            across = (integral[:, 1:] - integral[:, :-1]) / width
+        np.clip(across, g_low, g_high, out=across)
+        linear = (segment[:, 1:] == segment[:, :-1]) | (width <= _NARROW_LEVELS)
+        return np.where(linear, 0.5 * (g_low + g_high), across)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable state: kind, version, settings, scale, knots and diagnostics."""

@@ -287,6 +287,37 @@ class HistogramAccumulator:
             index += ids * self.bins.n_bins
             self._counts.reshape(-1)[index] += 1
 
+    def merge(self, other: HistogramAccumulator) -> None:
+        """Add every observation of ``other`` (same bins and samples), e.g. the histograms of
+        other epochs built elsewhere: counts and clipping tallies become those of one
+        accumulator that saw both sets of epochs."""
+        if not isinstance(other, HistogramAccumulator):
+            raise LTAUInputError(
+                f"can merge only a HistogramAccumulator; got {type(other).__name__}"
+            )
+        if other.bins != self.bins or other.n_samples != self.n_samples:
+            raise LTAUInputError("can merge only an accumulator with the same bins and samples")
+        counts = other.counts
+        if self._max_observations + other._max_observations > np.iinfo(self._counts.dtype).max:
+            self._flush()
+            self._counts = self._counts.astype(np.uint32)
+        self.counts[...] += counts
+        self._max_observations += other._max_observations
+        self._n_observations += other._n_observations
+        self.n_below += other.n_below
+        self.n_above += other.n_above
+        if other._below is not None:
+            if self._below is None:
+                self._below = np.zeros(self.n_samples, dtype=np.int64)
+                self._above = np.zeros(self.n_samples, dtype=np.int64)
+                self._above_sum = np.zeros(self.n_samples)
+            self._below += other._below
+            self._above += other._above
+            self._above_sum += other._above_sum
+            self._zeros += other._zeros
+            self._lowest = min(self._lowest, other._lowest)
+            self._highest = max(self._highest, other._highest)
+
     def _note_clipped(self, ids: np.ndarray | None, errors: np.ndarray) -> None:
         """Keep per-sample tallies of the observations outside the bins."""
         if self._below is None:

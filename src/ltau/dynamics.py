@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ltau._checks import group_labels, non_negative_int, positive_int, real_array, tolerance
 from ltau.exceptions import LTAUInputError
 from ltau.recording import ErrorLog
+from ltau.sharded_log import open_error_log
 
 GroupReduce = Literal["rms", "mean"]
 _BLOCK = 1 << 20
@@ -118,7 +119,7 @@ def training_dynamics(
         raise LTAUInputError(f"group_reduce must be 'rms' or 'mean'; got {group_reduce!r}")
     if isinstance(log, ErrorLog):
         return _from_log(log, atol, skip_epochs, members, groups, group_reduce, progress)
-    with ErrorLog(log) as opened:
+    with open_error_log(log) as opened:
         return _from_log(opened, atol, skip_epochs, members, groups, group_reduce, progress)
 
 

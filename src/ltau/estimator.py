@@ -72,7 +72,7 @@ from ltau.index_file import (
     write_index_file,
 )
 from ltau.metrics import probability_integral_transform, uq_metrics
-from ltau.search import NeighborIndex
+from ltau.search import NeighborIndex, index_kind_for
 
 ESTIMATOR_FORMAT = "ltau-estimator"
 _ESTIMATOR_ATTRIBUTES = (
@@ -127,6 +127,28 @@ class GroupSummary:
     max_ood_score: np.ndarray
     mean_ood_score: np.ndarray
     atol: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Neighbors:
+    """One batch of queries' neighbours, ``(n, k)`` each, with what the statistics need."""
+
+    distances: np.ndarray
+    """Euclidean distances (inf where an approximate index found fewer than k)."""
+    indices: np.ndarray
+    """Training sample indices (-1 where missing)."""
+    safe: np.ndarray
+    """``indices`` with -1 replaced by 0, for gathers (their weight is 0)."""
+    scaled: np.ndarray
+    """:meth:`LTAUEstimator.scaled_distances`, float64."""
+    ood_scores: np.ndarray
+    """``(n,)`` mean scaled distance to the neighbours found."""
+    complete: bool
+    """Every query has all k neighbours."""
+
+    @property
+    def n(self) -> int:
+        return self.indices.shape[0]
 
 
 @dataclass
@@ -279,7 +301,9 @@ class LTAUEstimator:
         ``"absolute"`` (Euclidean distances) or ``"local"`` (each divided by the training
         neighbour's local spacing, see the module docstring) for weights and OOD scores.
     index:
-        Neighbour search backend: ``"exact"``, ``"hnsw"`` or ``"ivfpq"`` (see :mod:`ltau.search`).
+        Neighbour search backend: ``"exact"``, ``"hnsw"`` or ``"ivfpq"``, or ``"auto"``: exact
+        up to :data:`~ltau.search.AUTO_EXACT_LIMIT` training samples, HNSW above (see
+        :mod:`ltau.search`; the kind built is ``index_.kind``).
     index_params:
         Parameters of that backend, e.g. ``{"ef_search": 128}`` or ``{"nlist": 1024, "nprobe": 32}``.
     batch_size:
@@ -325,7 +349,8 @@ class LTAUEstimator:
                 f"{data.shape[0]} descriptor rows but {distributions.n_samples} distributions"
             )
         _check_k(self.n_neighbors, data.shape[0])
-        neighbor_index = NeighborIndex(self.index, dict(self.index_params or {})).build(data)
+        kind = index_kind_for(self.index, data.shape[0])
+        neighbor_index = NeighborIndex(kind, dict(self.index_params or {})).build(data)
         training_distances = None
         if self.distance_scale == "local":
             training_distances = _training_distances(
@@ -357,9 +382,11 @@ class LTAUEstimator:
                 f"the index holds {neighbor_index.n_items} items but there are "
                 f"{distributions.n_samples} distributions"
             )
-        if neighbor_index.kind != self.index:
+        expected_kind = index_kind_for(self.index, neighbor_index.n_items)
+        if neighbor_index.kind != expected_kind:
             raise LTAUInputError(
-                f"the index is of kind {neighbor_index.kind!r}; this estimator uses {self.index!r}"
+                f"the index is of kind {neighbor_index.kind!r}; this estimator uses "
+                f"{expected_kind!r}" + (" (index='auto')" if self.index == "auto" else "")
             )
         _check_k(self.n_neighbors, neighbor_index.n_items)
         local_scale = None
@@ -388,8 +415,14 @@ class LTAUEstimator:
             raise LTAUInputError(
                 f"index_params must be a dict or None; got {type(self.index_params).__name__}"
             )
-        # Validates the kind and its parameters.
-        NeighborIndex(self.index, dict(self.index_params or {}))
+        if self.index == "auto":
+            if self.index_params:
+                raise LTAUInputError(
+                    "index='auto' chooses the index and its parameters; give index_params "
+                    "with an explicit index ('exact', 'hnsw' or 'ivfpq')"
+                )
+        else:  # Validates the kind and its parameters.
+            NeighborIndex(self.index, dict(self.index_params or {}))
 
     def _set_fitted(
         self,
@@ -498,34 +531,34 @@ class LTAUEstimator:
         }
         atol_values, levels, confidence = self._check_prediction_options(**options)
         group_ids = _group_ids(groups, data.shape[0])
+        k = neighbor_index.checked_k(self.n_neighbors)
         starts = range(0, data.shape[0], self.batch_size)
         if progress:
             starts = tqdm(starts, desc="predicting", unit="batch")
         batches = [
-            (start, *neighbor_index.search(data[start : start + self.batch_size], self.n_neighbors))
+            (
+                start,
+                self._neighbors(
+                    *neighbor_index.search_checked(data[start : start + self.batch_size], k)
+                ),
+            )
             for start in starts
         ]
         group_scores = None
         if group_ids is not None:
-            ood_scores = np.concatenate(
-                [
-                    _ood_scores(self.scaled_distances(distances, indices))
-                    for _, distances, indices in batches
-                ]
-            )
+            ood_scores = np.concatenate([neighbors.ood_scores for _, neighbors in batches])
             group_scores = _group_means(ood_scores, group_ids)
         parts = [
             self._aggregate(
-                distances,
-                indices,
-                None if group_scores is None else group_scores[start : start + len(indices)],
+                neighbors,
+                None if group_scores is None else group_scores[start : start + neighbors.n],
                 atol_values,
                 levels,
                 confidence,
                 return_pdf,
                 calibrated,
             )
-            for start, distances, indices in batches
+            for start, neighbors in batches
         ]
         return parts[0] if len(parts) == 1 else LTAUPrediction.concatenate(parts)
 
@@ -557,14 +590,13 @@ class LTAUEstimator:
                 f"distances {distances.shape} and indices {indices.shape} must both be (n, k)"
             )
         group_ids = _group_ids(groups, distances.shape[0])
+        neighbors = self._neighbors(distances, indices)
         group_scores = None
         if group_ids is not None:
-            scaled = self.scaled_distances(distances, indices)
-            self.neighbor_weights(scaled)  # refuses queries without any neighbour
-            group_scores = _group_means(_ood_scores(scaled), group_ids)
+            self._weights(neighbors)  # refuses queries without any neighbour
+            group_scores = _group_means(neighbors.ood_scores, group_ids)
         return self._aggregate(
-            distances,
-            indices,
+            neighbors,
             group_scores,
             atol_values,
             levels,
@@ -573,10 +605,27 @@ class LTAUEstimator:
             calibrated,
         )
 
+    def _neighbors(self, distances: np.ndarray, indices: np.ndarray) -> _Neighbors:
+        """What weights, OOD scores and gathers need of a batch's neighbours ``(n, k)``."""
+        complete = bool(np.isfinite(distances).all())
+        safe = indices if indices.min() >= 0 else np.maximum(indices, 0)
+        scaled = self.scaled_distances(distances, safe)
+        ood_scores = scaled.sum(axis=1) / scaled.shape[1] if complete else _ood_scores(scaled)
+        return _Neighbors(distances, indices, safe, scaled, ood_scores, complete)
+
+    def _weights(self, neighbors: _Neighbors) -> np.ndarray:
+        """:meth:`neighbor_weights` of ``neighbors``; without missing neighbours no mask is
+        formed (and uniform weights are ``1 / k``)."""
+        if not neighbors.complete:
+            return self.neighbor_weights(neighbors.scaled)
+        if self.weights == "uniform":
+            return np.full(neighbors.scaled.shape, 1.0 / neighbors.scaled.shape[1])
+        raw = 1.0 / np.maximum(neighbors.scaled, _MIN_DISTANCE)
+        return raw / raw.sum(axis=1, keepdims=True)
+
     def _aggregate(
         self,
-        distances: np.ndarray,
-        indices: np.ndarray,
+        neighbors: _Neighbors,
         group_scores: np.ndarray | None,
         atol_values: np.ndarray,
         levels: np.ndarray,
@@ -585,10 +634,8 @@ class LTAUEstimator:
         calibrated: bool,
     ) -> LTAUPrediction:
         """Neighbours ``(n, k)`` -> predicted statistics (options already validated)."""
-        scaled = self.scaled_distances(distances, indices)
-        weights = self.neighbor_weights(scaled)
-        safe = np.maximum(indices, 0)
-        ood_scores = _ood_scores(scaled)
+        weights = self._weights(neighbors)
+        safe, ood_scores = neighbors.safe, neighbors.ood_scores
         calibrator = self.calibrator_ if calibrated else None
         factors = None
         if calibrator is not None and self.widening_ is not None:
@@ -599,7 +646,7 @@ class LTAUEstimator:
         mixture = self._mixture(weights, safe) if needs_mixture else None
         # The mixture's edge CDF, formed once for the statistics that read it.
         cdf = None if mixture is None else edge_cdf(mixture)
-        expected = np.sum(weights * self.sample_expected_error_[safe], axis=1)
+        expected = np.einsum("qk,qk->q", weights, self.sample_expected_error_[safe])
         if calibrator is not None:
             expected = (
                 calibrator.expected_error_from_raw(expected)
@@ -610,14 +657,14 @@ class LTAUEstimator:
         prediction = LTAUPrediction(
             expected_error=widened(expected),
             ood_score=ood_scores,
-            neighbor_indices=indices,
-            neighbor_distances=distances,
+            neighbor_indices=neighbors.indices,
+            neighbor_distances=neighbors.distances,
             atol=tuple(float(value) for value in atol_values),
             quantile_levels=tuple(float(value) for value in levels),
             confidence=confidence,
             bins=self.bins,
             calibrated=calibrator is not None,
-            resolution=np.min(np.where(weights > 0, self.sample_resolution_[safe], np.inf), axis=1),
+            resolution=self._resolution(neighbors, weights),
         )
         if atol_values.size and factors is not None:
             prediction.exceedance = np.stack(
@@ -633,7 +680,7 @@ class LTAUEstimator:
             raw_atol = atol_values if calibrator is None else calibrator.raw_tolerance(atol_values)
             exceedance = np.stack(
                 [
-                    np.sum(weights * self._sample_exceedance(float(value))[safe], axis=1)
+                    np.einsum("qk,qk->q", weights, self._sample_exceedance(float(value))[safe])
                     for value in np.atleast_1d(raw_atol)
                 ],
                 axis=1,
@@ -658,6 +705,13 @@ class LTAUEstimator:
                 mass, bins = self._widened_mass(mixture, calibrator, factors)
             prediction.pdf, prediction.bins = mass / bins.widths, bins
         return prediction
+
+    def _resolution(self, neighbors: _Neighbors, weights: np.ndarray) -> np.ndarray:
+        """The lowest resolution among each query's weighted neighbours, ``(n,)``."""
+        resolution = self.sample_resolution_[neighbors.safe]
+        if not neighbors.complete:
+            resolution = np.where(weights > 0, resolution, np.inf)
+        return resolution.min(axis=1)
 
     def _widened_mass(
         self, mixture: np.ndarray, calibrator, factors: np.ndarray
@@ -790,11 +844,11 @@ class LTAUEstimator:
         n_queries, k = indices.shape
         block = max(1, _MIXTURE_FLOATS // (k * self.bins.n_bins))
         mixture = np.empty((n_queries, self.bins.n_bins))
+        counts, totals = self.distributions_.counts, self.distributions_.n_observations
         for rows in row_chunks(n_queries, block):
-            masses = self.distributions_.mass(indices[rows].ravel()).reshape(
-                -1, k, self.bins.n_bins
-            )
-            mixture[rows] = np.einsum("qk,qkb->qb", weights[rows], masses)
+            chosen = indices[rows]
+            # Each neighbour's mass is its counts over its total: fold the total into its weight.
+            mixture[rows] = np.einsum("qk,qkb->qb", weights[rows] / totals[chosen], counts[chosen])
         return mixture
 
     def _sample_exceedance(self, atol: float) -> np.ndarray:
@@ -1063,5 +1117,7 @@ def _group_scores(groups: np.ndarray | None, ood_scores: np.ndarray) -> np.ndarr
 
 def _group_means(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Each query's group mean of ``values``, ``(n,)``."""
+    if labels.min() == labels.max():  # one group, as for the atoms of one structure
+        return np.full(values.shape, values.mean())
     _, inverse = np.unique(labels, return_inverse=True)
     return (np.bincount(inverse, values) / np.bincount(inverse))[inverse]

@@ -20,6 +20,14 @@ recall of each. :meth:`NeighborIndex.write` / :meth:`NeighborIndex.read` keep an
 own file; read with ``mmap=True``, the inverted lists of the IVF kinds are memory-mapped
 (FAISS ``IO_FLAG_MMAP``: ``OnDiskInvertedLists`` over the file) rather than read into memory.
 
+``auto`` is not an index but a rule applied when an estimator is fitted
+(:func:`index_kind_for`): ``exact`` for at most :data:`AUTO_EXACT_LIMIT` training items,
+else ``hnsw`` with its defaults. The limit is where, measured on this project's machine (one
+FAISS thread, 64-d descriptors, 15 queries as in one MD step of a small molecule), the exact
+search became slower than HNSW's: 171 µs against 283 µs at 3000 items, 570 µs against 222 µs
+at 10 000, 9.5 ms against 0.35 ms at 100 000 (recall@10 of HNSW 1.0 throughout;
+``benchmarks/inference.py`` prints the measurement as ``search_by_training_size``).
+
 With faiss-gpu installed and a GPU present, :meth:`NeighborIndex.use_gpu` moves the search of
 an ``exact`` or ``ivfpq`` index to the GPU (FAISS has no GPU HNSW); the CPU index stays the one
 that is saved.
@@ -55,8 +63,18 @@ INDEX_DEFAULTS: dict[str, dict[str, int]] = {
 }
 IVF_KINDS = frozenset({"ivfpq", "opq", "ivfsq"})
 """Kinds with inverted lists: ``nprobe`` applies and their lists can be memory-mapped."""
+AUTO_EXACT_LIMIT = 5000
+"""``index="auto"`` searches exactly up to this many training items, with HNSW above it."""
 SERIAL_QUERIES = 64
 """Searches of fewer queries than this run FAISS on one thread."""
+
+
+def index_kind_for(kind: str, n_items: int) -> str:
+    """The index kind to build over ``n_items`` descriptors: ``kind`` itself, or for
+    ``"auto"`` ``"exact"`` up to :data:`AUTO_EXACT_LIMIT` items and ``"hnsw"`` above."""
+    if kind != "auto":
+        return kind
+    return "exact" if n_items <= AUTO_EXACT_LIMIT else "hnsw"
 
 
 @contextlib.contextmanager
@@ -160,21 +178,32 @@ class NeighborIndex:
         Returns ``(distances, indices)``, both ``(n_queries, k)``: Euclidean distances (float32,
         ascending) and item indices (int64; -1 where an approximate index found fewer than k).
         """
-        self._require_built()
-        k = positive_int(k, "k")
-        if k > self.n_items:
-            raise LTAUInputError(f"k={k} neighbours requested but only {self.n_items} are indexed")
+        k = self.checked_k(k)
         data = as_float_matrix(queries, "query descriptors")
         if data.shape[1] != self.dim:
             raise LTAUInputError(
                 f"query descriptors have {data.shape[1]} features; the index was built on {self.dim}"
             )
+        return self.search_checked(data, k)
+
+    def checked_k(self, k: int) -> int:
+        """``k`` as an int in ``[1, n_items]``, or an error naming the problem."""
+        self._require_built()
+        k = positive_int(k, "k")
+        if k > self.n_items:
+            raise LTAUInputError(f"k={k} neighbours requested but only {self.n_items} are indexed")
+        return k
+
+    def search_checked(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` of queries already checked: a C-contiguous, finite float32
+        ``(n_queries, dim)`` array and an int ``1 <= k <= n_items`` (the per-call path of
+        :meth:`ltau.estimator.LTAUEstimator.predict`, which checks them once)."""
         searcher = self._gpu_index if self._gpu_index is not None else self._index
-        with serial_faiss(data.shape[0]):
-            squared, indices = searcher.search(data, k)
-        missing = indices < 0
-        distances = np.sqrt(np.maximum(squared, 0.0))
-        distances[missing] = np.inf
+        with serial_faiss(queries.shape[0]):
+            squared, indices = searcher.search(queries, k)
+        distances = np.sqrt(np.maximum(squared, 0.0, out=squared), out=squared)
+        if indices.min() < 0:
+            distances[indices < 0] = np.inf
         return distances, indices
 
     @property

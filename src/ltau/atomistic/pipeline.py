@@ -331,9 +331,9 @@ def fit_ltau(
         calibration,
         fold_groups=run_groups(validation_set, group_keys)[structures],
     )
-    estimator = LTAUEstimator(selection["k"], distance_scale=selection["distance_scale"]).fit(
-        descriptors, candidates[selection["skip_epochs"]]
-    )
+    estimator = LTAUEstimator(
+        selection["k"], distance_scale=selection["distance_scale"], index="auto"
+    ).fit(descriptors, candidates[selection["skip_epochs"]])
     estimator.calibrate(
         validation.descriptors,
         validation.force_errors,

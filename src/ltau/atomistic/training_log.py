@@ -24,6 +24,7 @@ from ltau.atomistic.pipeline import Evaluation, check_in_domain, run_pipeline
 from ltau.atomistic.structures import LabelledStructures, read_structures
 from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.recording import ErrorLog
+from ltau.sharded_log import open_error_log
 
 
 @dataclass
@@ -116,7 +117,7 @@ def evaluate_logged_training(
     started = time.perf_counter()
     check_in_domain(tests, in_domain)
     train = read_structures(train_path, energy_key=energy_key, forces_key=forces_key)
-    with ErrorLog(log_path) as log:
+    with open_error_log(log_path) as log:
         valid_file = _trainer_validation_file(log.provenance, energy_key, forces_key)
         logged = logged_training(log, train, train_path, valid_file=valid_file)
         if logged.validation is None:

@@ -12,7 +12,7 @@ import numpy as np
 from ltau._io import file_format
 from ltau.distributions import ErrorDistributions, load_distributions
 from ltau.estimator import LTAUEstimator
-from ltau.recording import ErrorLog
+from ltau.sharded_log import ShardedErrorLog, open_error_log
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -50,13 +50,17 @@ def run(args: argparse.Namespace) -> None:
     elif kind == "ltau-distributions":
         summary |= _describe_distributions(load_distributions(args.file))
     else:
-        with ErrorLog(args.file) as log:
-            verified = sum(1 for _ in log.epochs())  # each row checked against its SHA-256
+        with open_error_log(args.file) as log:
+            # Each row is checked against its SHA-256 (and, sharded, for overlapping samples).
+            verified = sum(1 for _ in log.epochs())
             summary |= {
                 "n_samples": log.n_samples,
                 "n_epochs": verified,
                 "epochs_by_member": log.epochs_by_member,
+                "error_dtype": log.dtype,
             }
+            if isinstance(log, ShardedErrorLog):
+                summary["world_size"] = log.world_size
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
 
 

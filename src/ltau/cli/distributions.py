@@ -9,7 +9,7 @@ from pathlib import Path
 from ltau.cli._common import output_file
 from ltau.distributions import save_distributions
 from ltau.histogram import Bins
-from ltau.recording import ErrorLog
+from ltau.sharded_log import open_error_log
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +21,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="build per-sample error distributions from a recorded error log",
         description="Histogram every sample's recorded error trajectory (streaming over epochs).",
     )
-    parser.add_argument("log", type=Path, help="error log written by ltau.ErrorRecorder (HDF5)")
+    parser.add_argument(
+        "log",
+        type=Path,
+        help="error log written by ltau.ErrorRecorder (HDF5), or a sharded log's manifest",
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, help="distributions file (.h5)")
     parser.add_argument("--bins", type=int, default=100, help="number of bins (default 100)")
     parser.add_argument("--spacing", choices=("log", "linear"), default="log", help="bin spacing")
@@ -48,7 +52,7 @@ def run(args: argparse.Namespace) -> None:
     """Build the distributions of ``args.log`` and save them."""
     output_file(args.output)
     bins = Bins.from_range(*args.range, args.bins, args.spacing) if args.range else None
-    with ErrorLog(args.log) as log:
+    with open_error_log(args.log) as log:
         distributions = log.distributions(
             bins,
             n_bins=args.bins,

@@ -9,8 +9,8 @@ from pathlib import Path
 from ltau.cli._common import load_npy, output_file, write_csv
 from ltau.dynamics import DynamicsTable, groups_from_sizes, training_dynamics
 from ltau.exceptions import LTAUInputError
-from ltau.recording import ErrorLog
 from ltau.report import plot_training_dynamics
+from ltau.sharded_log import open_error_log
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> None:
         outputs.append(args.figure)
     for path in outputs:
         output_file(path)
-    with ErrorLog(args.log) as log:
+    with open_error_log(args.log) as log:
         groups = None if sizes is None else groups_from_sizes(sizes, log.n_samples)
         result = training_dynamics(
             log,

@@ -10,7 +10,7 @@ from ltau.cli._common import int_value, output_file, pairs, read_descriptors
 from ltau.distributions import load_distributions
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
-from ltau.search import INDEX_DEFAULTS
+from ltau.search import AUTO_EXACT_LIMIT, INDEX_DEFAULTS
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default="absolute",
         help="'local': distances relative to the training set's local spacing",
     )
-    parser.add_argument("--index", choices=sorted(INDEX_DEFAULTS), default="exact")
+    parser.add_argument(
+        "--index",
+        choices=["auto", *sorted(INDEX_DEFAULTS)],
+        default="auto",
+        help=f"neighbour search; 'auto' (default): exact up to {AUTO_EXACT_LIMIT} training "
+        "samples, hnsw above",
+    )
     parser.add_argument(
         "--index-param",
         action="append",

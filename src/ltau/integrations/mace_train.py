@@ -44,7 +44,10 @@ from ltau.recording import ErrorRecorder
 logger = logging.getLogger(__name__)
 
 UNSUPPORTED = {
-    "distributed": "several ranks are not recorded yet: train on one process, or without ltau",
+    "distributed": "mace's --distributed sets up only nccl (CUDA) or ccl (XPU) process groups "
+    "and wraps DDP(model, device_ids=[local_rank]), which CPU modules refuse, so ltau cannot run "
+    "and test it here; train on one process, or record several ranks with the Lightning callback "
+    "and a sharded log (docs/distributed.md)",
     "lbfgs": "L-BFGS evaluates each batch several times per step, so one step has no single "
     "error per atom",
 }

@@ -43,6 +43,13 @@ def default_targets(batch: Any) -> Any:
     return batch[1]
 
 
+def check_callables(**functions: object) -> None:
+    """Refuse any of ``functions`` (name -> function) that is not callable."""
+    for name, function in functions.items():
+        if not callable(function):
+            raise LTAUInputError(f"{name} must be callable")
+
+
 class SampleErrorLogger:
     """Record each training sample's error, batch by batch, into an :class:`ErrorRecorder`.
 
@@ -62,13 +69,7 @@ class SampleErrorLogger:
     ) -> None:
         if not isinstance(recorder, ErrorRecorder):
             raise LTAUInputError("recorder must be an ltau ErrorRecorder")
-        for name, function in (
-            ("error_fn", error_fn),
-            ("ids_fn", ids_fn),
-            ("targets_fn", targets_fn),
-        ):
-            if not callable(function):
-                raise LTAUInputError(f"{name} must be callable")
+        check_callables(error_fn=error_fn, ids_fn=ids_fn, targets_fn=targets_fn)
         self.recorder = recorder
         self.error_fn = error_fn
         self.ids_fn = ids_fn
