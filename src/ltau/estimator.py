@@ -301,7 +301,8 @@ class LTAUEstimator:
         ``"absolute"`` (Euclidean distances) or ``"local"`` (each divided by the training
         neighbour's local spacing, see the module docstring) for weights and OOD scores.
     index:
-        Neighbour search backend: ``"exact"``, ``"hnsw"`` or ``"ivfpq"``, or ``"auto"``: exact
+        Neighbour search backend: ``"exact"``, ``"hnsw"``, ``"ivfpq"``, ``"opq"`` or ``"ivfsq"``
+        (compressed, for large training sets: ``docs/scale.md``), or ``"auto"``: exact
         up to :data:`~ltau.search.AUTO_EXACT_LIMIT` training samples, HNSW above (see
         :mod:`ltau.search`; the kind built is ``index_.kind``).
     index_params:
