@@ -81,7 +81,7 @@ def import_without(modules: list[str], blocked: set[str]) -> subprocess.Complete
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
-HEAVY = {"torch", "ase", "mace", "e3nn", "nequip", "lightning", "matplotlib", "sklearn"}
+HEAVY = {"torch", "ase", "mace", "e3nn", "nequip", "lightning", "matplotlib", "sklearn", "ray"}
 
 
 def core_modules() -> list[str]:
@@ -120,4 +120,12 @@ def test_lightning_path_needs_no_ase_or_mace(modules):
     """What the 'lightning' extra installs (torch, lightning, scikit-learn, matplotlib) is
     enough for the tabular demo and the Lightning example."""
     result = import_without(modules, {"ase", "mace", "e3nn", "nequip"})
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_ray_path_needs_no_torch_ase_or_mace():
+    """The 'ray' extra (ray on top of the core) is enough for the sharded index."""
+    result = import_without(
+        ["ltau.integrations.ray_index"], {"torch", "ase", "mace", "e3nn", "nequip", "lightning"}
+    )
     assert result.returncode == 0, result.stderr[-2000:]

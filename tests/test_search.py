@@ -135,7 +135,11 @@ def test_missing_neighbours_are_marked():
 @pytest.mark.parametrize(
     ("kind", "params", "match"),
     [
-        ("annoy", {}, r"unknown index type 'annoy'; choose one of \['exact', 'hnsw', 'ivfpq'\]"),
+        (
+            "annoy",
+            {},
+            r"unknown index type 'annoy'; choose one of \['exact', 'hnsw', 'ivfpq', 'ivfsq', 'opq'\]",
+        ),
         ("exact", {"M": 4}, r"unknown parameters \['M'\] for a 'exact' index"),
         ("hnsw", {"efSearch": 4}, r"unknown parameters \['efSearch'\] for a 'hnsw' index"),
         ("ivfpq", {"n_list": 4}, r"unknown parameters \['n_list'\]"),

@@ -56,6 +56,11 @@ class ErrorDistributions:
     each sample fell in each bin. ``n_below`` / ``n_above`` count observations that lay outside
     the bins and were clipped into the end bins (of the distributions these were built from,
     for a :meth:`subset`).
+
+    uint8 ``counts`` are the compressed form made by :meth:`compressed` (1 byte per bin instead
+    of 2 or 4): each row rescaled so that its largest count is at most
+    :data:`COMPRESSED_MAX`. Every statistic reads the row's mass ``counts / row sum`` alike, so
+    they work unchanged on it; :attr:`n_observations` then holds the rescaled row sums.
     """
 
     bins: Bins
@@ -81,7 +86,7 @@ class ErrorDistributions:
                 f"{empty.size} samples have no recorded errors (first ids: {empty[:5].tolist()})"
             )
         self.counts = counts
-        self._totals = totals
+        self._totals = _compact(totals)
 
     @classmethod
     def from_errors(
@@ -112,6 +117,31 @@ class ErrorDistributions:
     @property
     def n_samples(self) -> int:
         return self.counts.shape[0]
+
+    @property
+    def is_compressed(self) -> bool:
+        """Whether the counts are the uint8 form of :meth:`compressed`."""
+        return self.counts.dtype == np.uint8
+
+    def compressed(self) -> ErrorDistributions:
+        """These distributions with uint8 counts (1 byte per sample and bin).
+
+        Each row whose largest count exceeds :data:`COMPRESSED_MAX` is multiplied by
+        ``COMPRESSED_MAX / its largest count`` and rounded, an occupied bin keeping at least 1
+        (so the support, and :meth:`resolution`, are unchanged); other rows are kept exactly.
+        A bin's mass then moves by at most ``0.5 / COMPRESSED_MAX`` of the row's largest bin
+        mass (plus the renormalisation); ``docs/scale.md`` gives the measured effect on the
+        predicted statistics. Compress after pooling: compressed rows cannot be pooled.
+        """
+        if self.is_compressed:
+            return self
+        packed = np.empty(self.counts.shape, dtype=np.uint8)
+        for rows in row_chunks(self.n_samples):
+            block = self.counts[rows]
+            peak = block.max(axis=1, keepdims=True).astype(np.float64)
+            scaled = np.rint(block * np.minimum(1.0, COMPRESSED_MAX / peak))
+            packed[rows] = np.where(block > 0, np.maximum(scaled, 1.0), 0.0)
+        return ErrorDistributions(self.bins, packed, self.n_below, self.n_above)
 
     @property
     def n_observations(self) -> np.ndarray:
@@ -151,6 +181,11 @@ class ErrorDistributions:
 
     def pooled(self, *others: ErrorDistributions) -> ErrorDistributions:
         """Pool several models' distributions of the same samples on the same bins."""
+        if any(part.is_compressed for part in (self, *others)):
+            raise LTAUInputError(
+                "compressed (uint8) distributions cannot be pooled: pool the uncompressed "
+                "distributions, then compress"
+            )
         counts = self.counts.astype(np.int64)
         n_below, n_above = self.n_below, self.n_above
         for other in others:
@@ -439,6 +474,10 @@ def bins_for_errors(errors: np.ndarray, n_bins: int = 100, spacing: Spacing = "l
             raise LTAUInputError("all errors are zero: log-spaced bins cannot span them")
         return Bins.from_range(float(positive.min()), high, n_bins, "log")
     return Bins.from_range(0.0, high, n_bins, spacing)
+
+
+COMPRESSED_MAX = 255
+"""The largest count of a row of compressed (uint8) distributions."""
 
 
 def _compact(counts: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -63,6 +64,13 @@ from ltau.distributions import (
 from ltau.exceptions import LTAUFileError, LTAUInputError, NotFittedError
 from ltau.histogram import Bins, edge_cdf, interpolate_cdf, interval_levels, row_chunks
 from ltau.histogram import quantiles as mixture_quantiles
+from ltau.index_file import (
+    INDEX_FILE_MIN_ITEMS,
+    IndexFileRecord,
+    index_file_path,
+    read_index_file,
+    write_index_file,
+)
 from ltau.metrics import probability_integral_transform, uq_metrics
 from ltau.search import NeighborIndex, index_kind_for
 
@@ -293,7 +301,8 @@ class LTAUEstimator:
         ``"absolute"`` (Euclidean distances) or ``"local"`` (each divided by the training
         neighbour's local spacing, see the module docstring) for weights and OOD scores.
     index:
-        Neighbour search backend: ``"exact"``, ``"hnsw"`` or ``"ivfpq"``, or ``"auto"``: exact
+        Neighbour search backend: ``"exact"``, ``"hnsw"``, ``"ivfpq"``, ``"opq"`` or ``"ivfsq"``
+        (compressed, for large training sets: ``docs/scale.md``), or ``"auto"``: exact
         up to :data:`~ltau.search.AUTO_EXACT_LIMIT` training samples, HNSW above (see
         :mod:`ltau.search`; the kind built is ``index_.kind``).
     index_params:
@@ -424,9 +433,14 @@ class LTAUEstimator:
     ) -> None:
         self.index_ = neighbor_index
         self.distributions_ = distributions
-        self.local_scale_ = local_scale
-        self.sample_expected_error_ = distributions.expected_error()
+        # With compressed (uint8) distributions, whose rounding is ~1e-3, per-sample floats are
+        # float32 (4 bytes, not 8; a relative rounding of 6e-8): see docs/scale.md. Otherwise
+        # float64, so that uncompressed predictions are exactly today's.
+        floats = np.float32 if distributions.is_compressed else np.float64
+        self.local_scale_ = None if local_scale is None else np.asarray(local_scale, floats)
+        self.sample_expected_error_ = distributions.expected_error().astype(floats)
         self.sample_resolution_ = distributions.resolution()
+        self.index_file_: Path | None = None
         # Per-training-sample P(error > atol), filled per tolerance on first use.
         self._exceedance_cache_: dict[float, np.ndarray] = {}
         self.calibrator_ = None
@@ -851,14 +865,26 @@ class LTAUEstimator:
         self._fitted_index("use_gpu").use_gpu()
         return self
 
-    def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
+    def save(
+        self,
+        path: str | os.PathLike,
+        metadata: dict[str, Any] | None = None,
+        *,
+        index_file: bool | None = None,
+    ) -> None:
         """Write everything needed to predict to one HDF5 file, atomically.
 
         ``metadata``: a JSON-serialisable dict of facts to keep with the estimator (units,
         model, data; default ``{}``). Once written it is also :attr:`metadata_`, as
-        :meth:`load` will read it back.
+        :meth:`load` will read it back. ``index_file``: keep the neighbour index in its own file
+        ``<path>.faiss`` beside it (see :mod:`ltau.index_file`; it is written first, and the
+        two must be kept together), instead of inside the HDF5 file; by default (None) for
+        indices of :data:`~ltau.index_file.INDEX_FILE_MIN_ITEMS` items or more.
         """
         neighbor_index = self._fitted_index("save")
+        if index_file is None:
+            index_file = neighbor_index.n_items >= INDEX_FILE_MIN_ITEMS
+        boolean(index_file, "index_file")
         metadata = {} if metadata is None else metadata
         if not isinstance(metadata, dict):
             raise LTAUInputError(f"metadata must be a dict; got {type(metadata).__name__}")
@@ -866,6 +892,7 @@ class LTAUEstimator:
             metadata_json = json.dumps(metadata)
         except TypeError as exc:
             raise LTAUInputError(f"metadata must be JSON-serialisable: {exc}") from exc
+        record = write_index_file(neighbor_index, index_file_path(path)) if index_file else None
         with atomic_h5(path, ESTIMATOR_FORMAT) as handle:
             handle.attrs["settings"] = json.dumps(self.get_params())
             handle.attrs["metadata"] = metadata_json
@@ -879,17 +906,27 @@ class LTAUEstimator:
             handle.attrs["widening"] = json.dumps(widening)
             sign_attributes(handle, _ESTIMATOR_ATTRIBUTES)
             write_distributions_group(handle.create_group("distributions"), self.distributions_)
-            write_array(handle.create_group("index"), "faiss", neighbor_index.serialize())
+            group = handle.create_group("index")
+            if record is None:
+                write_array(group, "faiss", neighbor_index.serialize())
+            else:
+                group.attrs["file"] = record.to_json()
+                sign_attributes(group, ("file",))
             if self.local_scale_ is not None:
-                write_array(handle["index"], "local_scale", self.local_scale_)
+                write_array(group, "local_scale", self.local_scale_)
         self.metadata_ = json.loads(metadata_json)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> LTAUEstimator:
+    def load(
+        cls, path: str | os.PathLike, *, mmap: bool = True, full_check: bool = False
+    ) -> LTAUEstimator:
         """Read an estimator written by :meth:`save`; predictions are identical.
 
         Every stored array and setting is checked against its SHA-256; a damaged file raises
-        :class:`LTAUFileError` before anything is deserialised.
+        :class:`LTAUFileError` before anything is deserialised. A separate index file (see
+        :meth:`save`) is checked quickly (size, token, sampled blocks; every byte with
+        ``full_check``) and, with ``mmap``, its inverted lists are memory-mapped (IVF kinds;
+        the file must then stay in place); :attr:`index_file_` names it (None if none).
         """
         with open_checked(path, ESTIMATOR_FORMAT) as handle, reading(path):
             names = (
@@ -903,7 +940,11 @@ class LTAUEstimator:
             distributions = read_distributions_group(handle["distributions"], path)
             if "index" not in handle:
                 raise LTAUFileError(f"{path} is missing the group 'index'")
-            serialized = read_array(handle["index"], "faiss", path)
+            serialized, record_json = None, None
+            if "faiss" in handle["index"] or "file" not in handle["index"].attrs:
+                serialized = read_array(handle["index"], "faiss", path)
+            else:
+                record_json = str(read_attributes(handle["index"], ("file",), path)["file"])
             local_scale = (
                 read_array(handle["index"], "local_scale", path)
                 if "local_scale" in handle["index"]
@@ -917,11 +958,24 @@ class LTAUEstimator:
             params = json.loads(attributes["index_params"])
             estimator = cls(**settings)
             estimator._validate_settings()
-            neighbor_index = NeighborIndex.deserialize(
-                str(attributes["index_kind"]), params, serialized
-            )
+            record = None if record_json is None else IndexFileRecord.from_json(record_json)
+            if record is None:
+                neighbor_index = NeighborIndex.deserialize(
+                    str(attributes["index_kind"]), params, serialized
+                )
         except (TypeError, ValueError, LTAUInputError) as exc:
             raise LTAUFileError(f"{path}: stored estimator settings are invalid: {exc}") from exc
+        index_path = None
+        if record is not None:
+            index_path = Path(path).with_name(record.name)
+            neighbor_index = read_index_file(
+                index_path,
+                record,
+                str(attributes["index_kind"]),
+                params,
+                mmap=mmap,
+                full=full_check,
+            )
         n_samples = int(attributes["n_samples"])
         if neighbor_index.n_items != n_samples or distributions.n_samples != n_samples:
             raise LTAUFileError(f"{path}: index, distributions and sample count disagree")
@@ -940,6 +994,7 @@ class LTAUEstimator:
             raise LTAUFileError(f"{path}: the stored local scales are invalid")
         estimator._set_fitted(neighbor_index, distributions, local_scale)
         estimator.metadata_ = metadata
+        estimator.index_file_ = index_path
         try:
             calibration = json.loads(attributes["calibration"])
             if calibration is not None:

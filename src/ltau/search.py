@@ -8,6 +8,17 @@ Index kinds and their parameters (every one is applied; unknown names are an err
 * ``ivfpq``: inverted file with product quantisation (``faiss.IndexIVFPQ`` over a flat coarse
   quantiser). ``nlist`` (cells, 256), ``m`` (sub-quantisers; must divide the descriptor size,
   8), ``nbits`` (bits per code, 8), ``nprobe`` (cells visited per query, 16).
+* ``opq``: ``ivfpq`` after an OPQ rotation learnt to balance the sub-quantisers
+  (``faiss.index_factory("OPQ{m},IVF{nlist},PQ{m}x{nbits}")``). Same parameters as ``ivfpq``.
+* ``ivfsq``: inverted file with an 8-bit scalar quantiser per feature
+  (``faiss.index_factory("IVF{nlist},SQ8")``, ``dim`` bytes per item). ``nlist`` (256),
+  ``nprobe`` (16).
+
+The compressed kinds (``ivfpq``, ``opq``, ``ivfsq``) store per item its code (``m`` bytes at
+8 bits, or ``dim`` bytes for ``ivfsq``) plus an 8-byte id; ``docs/scale.md`` gives the measured
+recall of each. :meth:`NeighborIndex.write` / :meth:`NeighborIndex.read` keep an index in its
+own file; read with ``mmap=True``, the inverted lists of the IVF kinds are memory-mapped
+(FAISS ``IO_FLAG_MMAP``: ``OnDiskInvertedLists`` over the file) rather than read into memory.
 
 ``auto`` is not an index but a rule applied when an estimator is fitted
 (:func:`index_kind_for`): ``exact`` for at most :data:`AUTO_EXACT_LIMIT` training items,
@@ -32,6 +43,7 @@ on cores that other processes keep busy, FAISS's threads wait for each other.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +58,11 @@ INDEX_DEFAULTS: dict[str, dict[str, int]] = {
     "exact": {},
     "hnsw": {"M": 32, "ef_construction": 200, "ef_search": 64},
     "ivfpq": {"nlist": 256, "m": 8, "nbits": 8, "nprobe": 16},
+    "opq": {"nlist": 256, "m": 8, "nbits": 8, "nprobe": 16},
+    "ivfsq": {"nlist": 256, "nprobe": 16},
 }
+IVF_KINDS = frozenset({"ivfpq", "opq", "ivfsq"})
+"""Kinds with inverted lists: ``nprobe`` applies and their lists can be memory-mapped."""
 AUTO_EXACT_LIMIT = 5000
 """``index="auto"`` searches exactly up to this many training items, with HNSW above it."""
 SERIAL_QUERIES = 64
@@ -115,27 +131,46 @@ class NeighborIndex:
     def build(self, descriptors: np.ndarray) -> NeighborIndex:
         """Index ``descriptors`` (shape ``(n_items, dim)``); returns ``self``."""
         data = as_float_matrix(descriptors, "descriptors")
-        n_items, dim = data.shape
+        dim = data.shape[1]
         if self.kind == "exact":
             index = faiss.IndexFlatL2(dim)
         elif self.kind == "hnsw":
             index = faiss.IndexHNSWFlat(dim, self.params["M"])
             index.hnsw.efConstruction = self.params["ef_construction"]
         else:
-            nlist, m, nbits = self.params["nlist"], self.params["m"], self.params["nbits"]
-            if dim % m:
-                raise LTAUInputError(f"ivfpq: m={m} must divide the descriptor size {dim}")
-            if n_items < max(nlist, 2**nbits):
-                raise LTAUInputError(
-                    f"ivfpq: {n_items} descriptors are too few to train nlist={nlist} cells and "
-                    f"{2**nbits}-entry codebooks; use fewer cells/bits or the exact index"
-                )
-            index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, nlist, m, nbits)
-            index.train(data)
+            index = self._trained_ivf(data)
         index.add(data)
         self._index = index
         self._apply_search_params()
         return self
+
+    def _trained_ivf(self, data: np.ndarray) -> Any:
+        """A new IVF index of this kind trained on ``data`` ``(n_items, dim)``."""
+        n_items, dim = data.shape
+        nlist = self.params["nlist"]
+        codebook = 0
+        if self.kind == "ivfsq":
+            factory = f"IVF{nlist},SQ8"
+        else:
+            m, nbits = self.params["m"], self.params["nbits"]
+            if dim % m:
+                raise LTAUInputError(f"{self.kind}: m={m} must divide the descriptor size {dim}")
+            codebook = 2**nbits
+            factory = f"IVF{nlist},PQ{m}x{nbits}"
+            if self.kind == "opq":
+                factory = f"OPQ{m},{factory}"
+        if n_items < max(nlist, codebook):
+            raise LTAUInputError(
+                f"{self.kind}: {n_items} descriptors are too few to train nlist={nlist} cells"
+                + (f" and {codebook}-entry codebooks" if codebook else "")
+                + "; use fewer cells/bits or the exact index"
+            )
+        if self.kind == "ivfpq":
+            index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, nlist, m, nbits)
+        else:
+            index = faiss.index_factory(dim, factory)
+        index.train(data)
+        return index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest items of each query.
@@ -193,8 +228,8 @@ class NeighborIndex:
 
     def serialize(self) -> np.ndarray:
         """The index as a uint8 array (FAISS's own serialisation, no pickle)."""
-        self._require_built()
-        return faiss.serialize_index(self._index)
+        with self._lists_in_memory() as index:
+            return faiss.serialize_index(index)
 
     @classmethod
     def deserialize(cls, kind: str, params: dict[str, int], data: np.ndarray) -> NeighborIndex:
@@ -207,13 +242,70 @@ class NeighborIndex:
         neighbor_index._apply_search_params()
         return neighbor_index
 
+    def write(self, path: str | os.PathLike) -> None:
+        """Write the index to ``path`` in FAISS's own format (no pickle), for :meth:`read`."""
+        with self._lists_in_memory() as index:
+            faiss.write_index(index, os.fspath(path))
+
+    @classmethod
+    def read(
+        cls, kind: str, params: dict[str, int], path: str | os.PathLike, *, mmap: bool = True
+    ) -> NeighborIndex:
+        """Read an index written by :meth:`write`, re-applying the search parameters.
+
+        ``mmap``: memory-map the inverted lists of an IVF kind instead of reading them (the
+        file must then stay in place while the index is used). Bytes after FAISS's own are
+        ignored.
+        """
+        neighbor_index = cls(kind, dict(params))
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        try:
+            neighbor_index._index = faiss.read_index(os.fspath(path), flags)
+        except RuntimeError as exc:
+            raise LTAUInputError(f"the {kind} index in {path} could not be read: {exc}") from exc
+        neighbor_index._apply_search_params()
+        return neighbor_index
+
+    @property
+    def memory_mapped(self) -> bool:
+        """Whether the inverted lists are memory-mapped from a file (see :meth:`read`)."""
+        self._require_built()
+        if self.kind not in IVF_KINDS:
+            return False
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(self._index).invlists)
+        return isinstance(lists, faiss.OnDiskInvertedLists)
+
+    @contextlib.contextmanager
+    def _lists_in_memory(self) -> Iterator[Any]:
+        """The CPU index, inside the block with memory-mapped inverted lists swapped for an
+        in-memory copy: FAISS would write a reference to the mapped file instead of the lists."""
+        self._require_built()
+        if not self.memory_mapped:
+            yield self._index
+            return
+        ivf = faiss.extract_index_ivf(self._index)
+        mapped = ivf.invlists
+        copy = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+        for number in range(ivf.nlist):
+            size = mapped.list_size(number)
+            if size:
+                copy.add_entries(number, size, mapped.get_ids(number), mapped.get_codes(number))
+        ivf.own_invlists = False
+        ivf.replace_invlists(copy, False)
+        try:
+            yield self._index
+        finally:
+            ivf.replace_invlists(mapped, True)
+
     def _apply_search_params(self) -> None:
         if self.kind == "hnsw":
             self._index.hnsw.efSearch = self.params["ef_search"]
-        elif self.kind == "ivfpq":
+        elif self.kind in IVF_KINDS:
             for index in (self._index, self._gpu_index):
                 if index is not None:
-                    index.nprobe = self.params["nprobe"]
+                    faiss.ParameterSpace().set_index_parameter(
+                        index, "nprobe", self.params["nprobe"]
+                    )
 
     def _require_built(self) -> None:
         if self._index is None:

@@ -22,7 +22,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="describe an ltau file (estimator, distributions or error log)",
         description=(
             "Print what an ltau file holds, as JSON, after checking all of it: its seal, every "
-            "digest and, for an error log, every epoch row. A damaged file is an error."
+            "digest (of an estimator's separate index file too) and, for an error log, every "
+            "epoch row. A damaged file is an error."
         ),
     )
     parser.add_argument("file", type=Path)
@@ -35,10 +36,12 @@ def run(args: argparse.Namespace) -> None:
     kind = file_format(args.file)
     summary: dict[str, object] = {"file": str(args.file), "format": kind}
     if kind == "ltau-estimator":
-        estimator = LTAUEstimator.load(args.file)
+        estimator = LTAUEstimator.load(args.file, full_check=True)
+        index_file = estimator.index_file_
         summary |= {
             "settings": estimator.get_params(),
             "index_params": estimator.index_.params,
+            "index_file": None if index_file is None else str(index_file),
             "n_samples": estimator.distributions_.n_samples,
             "descriptor_dim": estimator.n_features_in_,
             "metadata": estimator.metadata_,
@@ -65,6 +68,8 @@ def _describe_distributions(distributions: ErrorDistributions) -> dict[str, obje
     expected = distributions.expected_error()
     return {
         "n_samples": distributions.n_samples,
+        "counts_dtype": str(distributions.counts.dtype),
+        "compressed": distributions.is_compressed,
         "bins": {
             "n_bins": distributions.bins.n_bins,
             "spacing": distributions.bins.spacing,

@@ -52,7 +52,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="index parameter, repeatable; hnsw: M, ef_construction, ef_search; "
-        "ivfpq: nlist, m, nbits, nprobe",
+        "ivfpq and opq: nlist, m, nbits, nprobe; ivfsq: nlist, nprobe",
+    )
+    parser.add_argument(
+        "--compress",
+        action="store_true",
+        help="store the distributions as uint8 counts (ErrorDistributions.compressed(), "
+        "half the memory; see docs/scale.md)",
+    )
+    parser.add_argument(
+        "--index-file",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="keep the index in its own file OUTPUT.faiss beside the estimator, memory-mapped "
+        "at load ('auto': from 1e6 samples)",
     )
     parser.add_argument(
         "--metadata",
@@ -75,6 +88,8 @@ def run(args: argparse.Namespace) -> None:
                 f"--metadata model_sha256 disagrees with the model {args.descriptors} records"
             )
     distributions = load_distributions(args.distributions)
+    if args.compress:
+        distributions = distributions.compressed()
     estimator = LTAUEstimator(
         args.neighbors,
         weights=args.weights,
@@ -83,5 +98,6 @@ def run(args: argparse.Namespace) -> None:
         index_params={k: int_value(k, v) for k, v in pairs(args.index_param).items()},
     )
     estimator.fit(descriptors, distributions)
-    estimator.save(args.output, metadata=metadata)
+    index_file = {"auto": None, "yes": True, "no": False}[args.index_file]
+    estimator.save(args.output, metadata=metadata, index_file=index_file)
     logger.info(f"wrote {args.output}: {estimator!r} on {descriptors.shape[0]} samples")
