@@ -15,7 +15,14 @@ when the estimator records one), turns the descriptors into LTAU's per-atom resu
 The structure's atoms form one group, so a calibrated estimator widens the distributions with
 the structure's mean OOD score too (see :meth:`ltau.estimator.LTAUEstimator.calibrate`).
 
-They are also copied into ``atoms.arrays`` of the calculated structure, because ASE's extxyz
+With an ``energy_estimator`` (an estimator over training structures fitted on their mean
+descriptors, see :mod:`ltau.energy`), two per-structure results are added:
+
+* ``ltau_expected_energy_error`` (eV per structure): expected ``|E_pred - E_ref|``,
+* ``ltau_energy_ood_score``: distance of the structure's mean descriptor to its k nearest
+  training structures'.
+
+The per-atom results are also copied into ``atoms.arrays`` of the calculated structure, because ASE's extxyz
 writer only keeps result names it knows: ``ase.io.write(path, atoms, format="extxyz")`` then
 keeps them as per-atom columns.
 """
@@ -33,12 +40,14 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from ltau._checks import tolerance
+from ltau.energy import structure_descriptors
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
 
 logger = logging.getLogger(__name__)
 
 PER_ATOM_RESULTS = ("ltau_expected_force_error", "ltau_p_exceed", "ltau_ood_score")
+ENERGY_RESULTS = ("ltau_expected_energy_error", "ltau_energy_ood_score")
 
 
 @dataclass
@@ -55,7 +64,9 @@ class ModelOutput:
 class LTAUCalculatorBase(Calculator):
     """ASE calculator: a force-field model plus a fitted LTAU estimator (abstract).
 
-    ``atol`` (eV/Å) is the tolerance of ``ltau_p_exceed``. Subclasses implement
+    ``atol`` (eV/Å) is the tolerance of ``ltau_p_exceed``. ``energy_estimator``: optional
+    estimator of per-structure energy errors (eV per structure) over the same model's mean
+    descriptors, for ``ltau_expected_energy_error``. Subclasses implement
     :meth:`evaluate_model` and :attr:`descriptor_size`, and call ``super().__init__`` after
     they have set up their model.
     """
@@ -66,36 +77,53 @@ class LTAUCalculatorBase(Calculator):
         "forces",
         "stress",
         *PER_ATOM_RESULTS,
+        *ENERGY_RESULTS,
     ]
     per_atom_results: ClassVar[tuple[str, ...]] = PER_ATOM_RESULTS
 
-    def __init__(self, estimator: LTAUEstimator, *, atol: float = 0.1, **kwargs) -> None:
+    def __init__(
+        self,
+        estimator: LTAUEstimator,
+        *,
+        atol: float = 0.1,
+        energy_estimator: LTAUEstimator | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if not isinstance(estimator, LTAUEstimator):
             raise LTAUInputError("estimator must be a fitted LTAUEstimator")
         atol = tolerance(atol)
+        self._check_estimator(estimator, "the estimator")
+        if energy_estimator is not None:
+            if not isinstance(energy_estimator, LTAUEstimator):
+                raise LTAUInputError("energy_estimator must be a fitted LTAUEstimator")
+            self._check_estimator(energy_estimator, "the energy estimator")
+        self.estimator = estimator
+        self.energy_estimator = energy_estimator
+        self.atol = atol
+
+    def _check_estimator(self, estimator: LTAUEstimator, what: str) -> None:
+        """Check ``estimator``'s descriptor width and recorded model fingerprint."""
         if estimator.n_features_in_ != self.descriptor_size:
             raise LTAUInputError(
-                f"the estimator was fitted on {estimator.n_features_in_}-dimensional descriptors "
+                f"{what} was fitted on {estimator.n_features_in_}-dimensional descriptors "
                 f"but this model gives {self.descriptor_size}"
             )
         expected = (getattr(estimator, "metadata_", None) or {}).get("model_sha256")
         found = self.model_fingerprint
         if not expected:
             logger.warning(
-                "the estimator records no model fingerprint (metadata 'model_sha256'), so it "
+                f"{what} records no model fingerprint (metadata 'model_sha256'), so it "
                 "cannot be checked to be fitted on this model's descriptors; fit it with "
                 "'ltau fit --descriptors <the .npz of ltau descriptors>' or save it with that "
                 "metadata"
             )
         if expected and found and expected != found:
             raise LTAUInputError(
-                "the estimator was fitted on the descriptors of another model: it records "
+                f"{what} was fitted on the descriptors of another model: it records "
                 f"model SHA-256 {str(expected)[:16]}..., this model's weights give "
                 f"{found[:16]}..."
             )
-        self.estimator = estimator
-        self.atol = atol
 
     @property
     def model_fingerprint(self) -> str | None:
@@ -139,6 +167,13 @@ class LTAUCalculatorBase(Calculator):
             "ltau_p_exceed": prediction.exceedance[:, 0],
             "ltau_ood_score": prediction.ood_score,
         }
+        if self.energy_estimator is not None:
+            groups = np.zeros(n_atoms, dtype=np.int64)
+            energy = self.energy_estimator.predict(
+                structure_descriptors(output.descriptors, groups)
+            )
+            self.results["ltau_expected_energy_error"] = float(energy.expected_error[0])
+            self.results["ltau_energy_ood_score"] = float(energy.ood_score[0])
         if output.stress is not None:
             self.results["stress"] = full_3x3_to_voigt_6_stress(
                 np.asarray(output.stress, dtype=np.float64)

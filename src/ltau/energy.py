@@ -1,0 +1,173 @@
+"""Energy uncertainty: per-configuration energy-error logs and a per-structure estimator.
+
+The energy log is an ordinary error log (:mod:`ltau.recording`, format ``ltau-error-log``)
+whose samples are training *configurations*, not atoms: sample ``c`` holds
+``|E_pred - E_ref|`` of configuration ``c``, in eV per structure (not per atom), at every
+epoch. It sits next to the per-atom force log (``errors.h5`` / ``energy_errors.h5``),
+written, sealed and reloaded the same way. Its ``samples/configuration`` column names each
+sample's configuration and its signed provenance says what it holds:
+``{"error": ENERGY_ERROR, "unit": ENERGY_UNIT, ...}``; :func:`open_energy_log` refuses a log
+that does not (a force log, say).
+
+The energy estimator is an :class:`~ltau.estimator.LTAUEstimator` over configurations: each
+structure's descriptor is the mean of its atoms' descriptors (:func:`structure_descriptors`),
+and a query structure's energy-error distribution is the mean of its k nearest training
+structures' distributions, widened and calibrated on validation structures as for atoms.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from ltau._checks import as_float_matrix, checked_errors, group_labels, positive_int, real_array
+from ltau.distributions import ErrorDistributions
+from ltau.estimator import LTAUEstimator
+from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.metrics import crps_histogram
+from ltau.recording import ErrorLog, ErrorRecorder
+
+ENERGY_ERROR = "|E_pred - E_ref| per structure"
+ENERGY_UNIT = "eV per structure"
+ENERGY_LOG_NAME = "energy_errors.h5"
+"""The energy log's file name beside a run's force log ``errors.h5``."""
+
+
+def energy_recorder(
+    n_configs: int,
+    log_path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    provenance: Mapping[str, object] | None = None,
+) -> ErrorRecorder:
+    """A recorder of per-configuration energy errors (eV per structure): one sample per
+    training configuration ``0 .. n_configs - 1``, logged to ``log_path``. ``provenance``:
+    further facts about the run (the energy facts cannot be overridden)."""
+    n_configs = positive_int(n_configs, "n_configs")
+    facts = dict(provenance or {})
+    facts.update(error=ENERGY_ERROR, unit=ENERGY_UNIT)
+    return ErrorRecorder(
+        n_configs,
+        log_path=log_path,
+        overwrite=overwrite,
+        samples={"configuration": np.arange(n_configs)},
+        provenance=facts,
+    )
+
+
+def check_energy_log(log: ErrorLog | ErrorRecorder, n_configs: int | None = None) -> None:
+    """Raise :class:`~ltau.exceptions.LTAUFileError` unless ``log`` holds energy errors (eV per
+    structure), and :class:`~ltau.exceptions.LTAUInputError` unless it has ``n_configs``
+    samples (when given)."""
+    source = getattr(log, "path", None) or getattr(log, "log_path", None) or "the log"
+    facts = log.provenance
+    if facts.get("error") != ENERGY_ERROR or facts.get("unit") != ENERGY_UNIT:
+        raise LTAUFileError(
+            f"{source} is not an energy-error log (its provenance says error="
+            f"{facts.get('error')!r}, unit={facts.get('unit')!r}); record one with "
+            "ltau.energy.energy_recorder"
+        )
+    if n_configs is not None and log.n_samples != n_configs:
+        raise LTAUInputError(
+            f"the energy log {source} has {log.n_samples} configurations but the training "
+            f"structures have {n_configs}"
+        )
+
+
+def open_energy_log(path: str | os.PathLike) -> ErrorLog:
+    """Open an energy log, checked to hold energy errors (eV per structure)."""
+    log = ErrorLog(path)
+    try:
+        check_energy_log(log)
+    except BaseException:
+        log.close()
+        raise
+    return log
+
+
+def structure_descriptors(descriptors: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each structure's descriptor, the mean of its atoms' descriptors: ``descriptors``
+    ``(n_atoms, d)`` and the structure of each atom ``groups`` ``(n_atoms,)``, labels
+    ``0 .. n_structures - 1`` each used at least once. Returns float32 ``(n_structures, d)``."""
+    data = as_float_matrix(descriptors, "descriptors")
+    labels = group_labels(groups, data.shape[0], "atom")
+    if labels.size == 0 or labels.min() < 0:
+        raise LTAUInputError("groups must be non-negative structure labels, at least one atom")
+    n_structures = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=n_structures)
+    if not counts.all():
+        raise LTAUInputError(
+            f"groups must number the structures 0 .. {n_structures - 1} without gaps; "
+            f"structure {int(np.argmin(counts))} has no atoms"
+        )
+    sums = np.zeros((n_structures, data.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, data)
+    return (sums / counts[:, None]).astype(np.float32)
+
+
+def energy_errors(predicted: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+    """``|E_pred - E_ref|`` (eV per structure) of ``(n_structures,)`` predicted and reference
+    energies; a clear error when the references are missing or the lengths differ."""
+    if reference is None:
+        raise LTAUInputError(
+            "the structures carry no reference energies: energy errors need them "
+            "(name the energy key of the file)"
+        )
+    e_pred = real_array(predicted, "predicted energies").reshape(-1)
+    e_ref = real_array(reference, "reference energies").reshape(-1)
+    if e_pred.shape != e_ref.shape:
+        raise LTAUInputError(
+            f"{e_pred.size} predicted energies but {e_ref.size} reference energies"
+        )
+    if not (np.all(np.isfinite(e_pred)) and np.all(np.isfinite(e_ref))):
+        raise LTAUInputError("energies must be finite (no NaN or infinity)")
+    return np.abs(e_pred - e_ref)
+
+
+ENERGY_K_CANDIDATES = (3, 5, 10, 20)
+"""k values tried for the energy estimator, chosen by validation CRPS (uncalibrated)."""
+
+
+def fit_energy_estimator(
+    descriptors: np.ndarray,
+    distributions: ErrorDistributions,
+    validation_descriptors: np.ndarray,
+    validation_errors: np.ndarray,
+    *,
+    calibration: str = "isotonic",
+    k_candidates: tuple[int, ...] = ENERGY_K_CANDIDATES,
+) -> tuple[LTAUEstimator, dict]:
+    """Fit the per-structure energy estimator on training structures' ``descriptors``
+    ``(n_train, d)`` (see :func:`structure_descriptors`) and their energy-error
+    ``distributions`` (eV per structure), choosing k by the CRPS (eV) of the uncalibrated
+    prediction on the validation structures (``validation_descriptors`` ``(n_val, d)``, true
+    errors ``validation_errors`` ``(n_val,)``), then widening and calibrating on all of them.
+
+    Returns ``(estimator, choice)``, ``choice`` = ``{"k": ..., "validation_crps": {k: ...}}``.
+    """
+    train = as_float_matrix(descriptors, "structure descriptors")
+    if distributions.n_samples != train.shape[0]:
+        raise LTAUInputError(
+            f"{train.shape[0]} training structures but {distributions.n_samples} energy-error "
+            "distributions"
+        )
+    queries = as_float_matrix(validation_descriptors, "validation structure descriptors")
+    observed = checked_errors(validation_errors, "validation energy errors")
+    if observed.size != queries.shape[0]:
+        raise LTAUInputError(
+            f"{queries.shape[0]} validation structures but {observed.size} energy errors"
+        )
+    usable = [k for k in k_candidates if k <= train.shape[0]]
+    if not usable:
+        raise LTAUInputError(f"too few training structures ({train.shape[0]}) for any k")
+    scores = {}
+    for k in usable:
+        trial = LTAUEstimator(k).fit(train, distributions)
+        raw = trial.predict(queries, return_pdf=True)
+        scores[k] = crps_histogram(raw.pdf * trial.bins.widths, trial.bins, observed)
+    best = min(scores, key=scores.__getitem__)
+    estimator = LTAUEstimator(best).fit(train, distributions)
+    estimator.calibrate(queries, observed, method=calibration)
+    return estimator, {"k": best, "validation_crps": {str(k): v for k, v in scores.items()}}

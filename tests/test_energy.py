@@ -1,0 +1,107 @@
+"""Energy uncertainty: the per-configuration energy log, the structure estimator, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ltau import ErrorDistributions, ErrorRecorder
+from ltau.energy import (
+    ENERGY_UNIT,
+    energy_errors,
+    energy_recorder,
+    fit_energy_estimator,
+    open_energy_log,
+    structure_descriptors,
+)
+from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.metrics import spearman
+
+
+def test_energy_errors_are_recorded_and_reloaded_exactly(tmp_path):
+    rng = np.random.default_rng(3)
+    epochs = rng.lognormal(-3, 1, size=(4, 7)).astype(np.float32)
+    path = tmp_path / "energy_errors.h5"
+    with energy_recorder(7, path, provenance={"run": "test"}) as recorder:
+        for member, row in enumerate(epochs):
+            order = rng.permutation(7)
+            for half in np.array_split(order, 2):
+                recorder.record(half, row[half])
+            recorder.end_epoch(member % 2)
+    with open_energy_log(path) as log:
+        np.testing.assert_array_equal(log.to_array(), epochs)
+        assert log.provenance["unit"] == ENERGY_UNIT and log.provenance["run"] == "test"
+        np.testing.assert_array_equal(log.samples["configuration"], np.arange(7))
+        assert log.epochs_by_member == {0: 2, 1: 2}
+
+
+def test_a_force_log_is_not_taken_for_an_energy_log(tmp_path):
+    path = tmp_path / "errors.h5"
+    with ErrorRecorder(5, log_path=path) as recorder:
+        recorder.record_epoch(np.ones(5))
+    with pytest.raises(LTAUFileError, match="not an energy-error log"):
+        open_energy_log(path)
+
+
+def test_structure_descriptor_is_the_mean_of_its_atoms():
+    descriptors = np.array([[0.0, 2.0], [2.0, 4.0], [5.0, 5.0]])
+    np.testing.assert_allclose(
+        structure_descriptors(descriptors, np.array([0, 0, 1])), [[1.0, 3.0], [5.0, 5.0]]
+    )
+
+
+def planted(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Structures of 4 atoms in 3-D whose energy error scale grows with the first
+    coordinate of their mean descriptor: (atom descriptors, atom groups, error scale)."""
+    centres = rng.uniform(0.0, 10.0, size=(n, 3))
+    atoms = np.repeat(centres, 4, axis=0) + rng.normal(scale=0.2, size=(4 * n, 3))
+    groups = np.repeat(np.arange(n), 4)
+    return atoms, groups, 0.01 * np.exp(0.5 * centres[:, 0])
+
+
+def test_energy_estimator_ranks_and_covers_a_planted_error_scale():
+    rng = np.random.default_rng(0)
+    atoms, groups, scale = planted(rng, 300)
+    trajectories = np.abs(rng.normal(size=(300, 40))) * scale[:, None]
+    distributions = ErrorDistributions.from_errors(trajectories, n_bins=60)
+    train = structure_descriptors(atoms, groups)
+    valid_atoms, valid_groups, valid_scale = planted(rng, 150)
+    valid_errors = np.abs(rng.normal(size=150)) * valid_scale
+    estimator, choice = fit_energy_estimator(
+        train, distributions, structure_descriptors(valid_atoms, valid_groups), valid_errors
+    )
+    test_atoms, test_groups, test_scale = planted(rng, 200)
+    test_errors = np.abs(rng.normal(size=200)) * test_scale
+    prediction = estimator.predict(
+        structure_descriptors(test_atoms, test_groups), confidence=0.9
+    )
+    # The expected |N(0, s)| is s * sqrt(2 / pi): the prediction follows the planted scale.
+    assert spearman(prediction.expected_error, test_scale) > 0.95
+    np.testing.assert_allclose(
+        np.median(prediction.expected_error / (test_scale * np.sqrt(2 / np.pi))), 1.0, atol=0.2
+    )
+    inside = (test_errors >= prediction.interval_lower) & (test_errors <= prediction.interval_upper)
+    assert 0.8 <= inside.mean() <= 0.97
+    assert choice["k"] in (3, 5, 10, 20)
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(LTAUInputError, match="no reference energies"):
+        energy_errors(np.zeros(3), None)
+    with pytest.raises(LTAUInputError, match="3 predicted energies but 2 reference"):
+        energy_errors(np.zeros(3), np.zeros(2))
+    with pytest.raises(LTAUInputError, match="finite"):
+        energy_errors(np.array([0.0, np.nan]), np.zeros(2))
+    with pytest.raises(LTAUInputError, match="one label per atom"):
+        structure_descriptors(np.zeros((4, 2)), np.array([0, 0, 1]))
+    with pytest.raises(LTAUInputError, match="structure 1 has no atoms"):
+        structure_descriptors(np.zeros((3, 2)), np.array([0, 2, 2]))
+    rng = np.random.default_rng(1)
+    distributions = ErrorDistributions.from_errors(rng.random((10, 5)), n_bins=10)
+    with pytest.raises(LTAUInputError, match="9 training structures but 10"):
+        fit_energy_estimator(np.zeros((9, 2)), distributions, np.zeros((3, 2)), np.ones(3))
+    with pytest.raises(LTAUInputError, match="3 validation structures but 2 energy errors"):
+        fit_energy_estimator(rng.random((10, 2)), distributions, np.zeros((3, 2)), np.ones(2))
+    with energy_recorder(3, tmp_path / "e.h5") as recorder:
+        with pytest.raises(LTAUInputError, match="needs 3 errors"):
+            recorder.record_epoch(np.ones(4))
