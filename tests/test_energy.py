@@ -72,9 +72,7 @@ def test_energy_estimator_ranks_and_covers_a_planted_error_scale():
     )
     test_atoms, test_groups, test_scale = planted(rng, 200)
     test_errors = np.abs(rng.normal(size=200)) * test_scale
-    prediction = estimator.predict(
-        structure_descriptors(test_atoms, test_groups), confidence=0.9
-    )
+    prediction = estimator.predict(structure_descriptors(test_atoms, test_groups), confidence=0.9)
     # The expected |N(0, s)| is s * sqrt(2 / pi): the prediction follows the planted scale.
     assert spearman(prediction.expected_error, test_scale) > 0.95
     np.testing.assert_allclose(
