@@ -103,3 +103,60 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     with energy_recorder(3, tmp_path / "e.h5") as recorder:
         with pytest.raises(LTAUInputError, match="needs 3 errors"):
             recorder.record_epoch(np.ones(4))
+
+
+def test_pipeline_refuses_an_energy_log_that_does_not_fit(tmp_path):
+    from ase.build import molecule
+    from ase.calculators.emt import EMT
+
+    from ltau.atomistic.pipeline import run_pipeline
+    from ltau.atomistic.structures import read_structures
+
+    frames = []
+    for shift in range(4):
+        atoms = molecule("CH4")
+        atoms.positions[0] += 0.01 * shift
+        atoms.calc = EMT()
+        atoms.info["e"], atoms.arrays["f"] = atoms.get_potential_energy(), atoms.get_forces()
+        frames.append(atoms)
+    fit_set = read_structures(frames[:3], energy_key="e", forces_key="f")
+    validation = read_structures(frames[3:], energy_key="e", forces_key="f")
+    forces = ErrorRecorder(fit_set.n_atoms, log_path=tmp_path / "errors.h5")
+    forces.record_epoch(np.ones(fit_set.n_atoms))
+
+    def never(structures, progress):
+        raise AssertionError("the energy log must be refused before the model runs")
+
+    def run(energy_log):
+        run_pipeline(
+            never,
+            forces,
+            fit_set,
+            validation,
+            {"t": validation},
+            tmp_path / "out",
+            training={},
+            in_domain="t",
+            energy_log=energy_log,
+        )
+
+    with energy_recorder(4, tmp_path / "energy_errors.h5") as wrong_length:
+        with pytest.raises(LTAUInputError, match="has 4 configurations but the training"):
+            run(wrong_length)
+    with pytest.raises(LTAUFileError, match="not an energy-error log"):
+        run(forces)
+    unlabelled = read_structures(frames[:3], energy_key=None, forces_key="f")
+    with energy_recorder(3, tmp_path / "e3.h5") as energies:
+        with pytest.raises(LTAUInputError, match="needs reference energies"):
+            run_pipeline(
+                never,
+                forces,
+                unlabelled,
+                validation,
+                {"t": validation},
+                tmp_path / "out",
+                training={},
+                in_domain="t",
+                energy_log=energies,
+            )
+    forces.close()
