@@ -340,6 +340,15 @@ def test_energy_hook_records_each_configurations_energy_error(tmp_path):
     assert atoms.calc.results["ltau_expected_energy_error"] == pytest.approx(
         direct.expected_error[0], rel=1e-4
     )
+    assert (
+        atoms.info["ltau_expected_energy_error"] == atoms.calc.results["ltau_expected_energy_error"]
+    )
+    assert atoms.calc.results["ltau_energy_ood_score"] == pytest.approx(direct.ood_score[0])
+    narrow = LTAUEstimator(2).fit(
+        np.zeros((6, 3), np.float32) + np.arange(6)[:, None], estimator.distributions_
+    )
+    with pytest.raises(LTAUInputError, match="the energy estimator was fitted on 3-dim"):
+        LTAUCalculator(model, forces_estimator, energy_estimator=narrow)
 
 
 def test_energy_hook_bad_inputs(tmp_path):

@@ -22,6 +22,8 @@ descriptors, see :mod:`ltau.energy`), two per-structure results are added:
 * ``ltau_energy_ood_score``: distance of the structure's mean descriptor to its k nearest
   training structures'.
 
+These are also copied into ``atoms.info``, which the extxyz writer keeps.
+
 The per-atom results are also copied into ``atoms.arrays`` of the calculated structure, because ASE's extxyz
 writer only keeps result names it knows: ``ase.io.write(path, atoms, format="extxyz")`` then
 keeps them as per-atom columns.
@@ -181,3 +183,6 @@ class LTAUCalculatorBase(Calculator):
         if atoms is not None:
             for name in self.per_atom_results:
                 atoms.arrays[name] = np.asarray(self.results[name], dtype=np.float64)
+            for name in ENERGY_RESULTS:
+                if name in self.results:
+                    atoms.info[name] = self.results[name]
