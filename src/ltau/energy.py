@@ -128,6 +128,9 @@ def energy_errors(predicted: np.ndarray, reference: np.ndarray | None) -> np.nda
 
 ENERGY_K_CANDIDATES = (3, 5, 10, 20)
 """k values tried for the energy estimator, chosen by validation CRPS (uncalibrated)."""
+MIN_WIDENING_STRUCTURES = 10
+"""Fewer validation structures than this fit only the calibration map, not the distance
+widening (whose two terms need more points than that to be meaningful)."""
 
 
 def fit_energy_estimator(
@@ -143,9 +146,11 @@ def fit_energy_estimator(
     ``(n_train, d)`` (see :func:`structure_descriptors`) and their energy-error
     ``distributions`` (eV per structure), choosing k by the CRPS (eV) of the uncalibrated
     prediction on the validation structures (``validation_descriptors`` ``(n_val, d)``, true
-    errors ``validation_errors`` ``(n_val,)``), then widening and calibrating on all of them.
+    errors ``validation_errors`` ``(n_val,)``), then widening (with at least
+    :data:`MIN_WIDENING_STRUCTURES` of them) and calibrating on all of them.
 
-    Returns ``(estimator, choice)``, ``choice`` = ``{"k": ..., "validation_crps": {k: ...}}``.
+    Returns ``(estimator, choice)``, ``choice`` = ``{"k": ..., "validation_crps": {k: ...},
+    "widened": bool}``.
     """
     train = as_float_matrix(descriptors, "structure descriptors")
     if distributions.n_samples != train.shape[0]:
@@ -169,5 +174,7 @@ def fit_energy_estimator(
         scores[k] = crps_histogram(raw.pdf * trial.bins.widths, trial.bins, observed)
     best = min(scores, key=scores.__getitem__)
     estimator = LTAUEstimator(best).fit(train, distributions)
-    estimator.calibrate(queries, observed, method=calibration)
-    return estimator, {"k": best, "validation_crps": {str(k): v for k, v in scores.items()}}
+    widen = observed.size >= MIN_WIDENING_STRUCTURES
+    estimator.calibrate(queries, observed, method=calibration, widen=widen)
+    crps = {str(k): v for k, v in scores.items()}
+    return estimator, {"k": best, "validation_crps": crps, "widened": widen}
