@@ -73,6 +73,7 @@ from ltau.index_file import (
 )
 from ltau.metrics import probability_integral_transform, uq_metrics
 from ltau.search import NeighborIndex, index_kind_for
+from ltau.structure_scoring import StructureScoring
 
 ESTIMATOR_FORMAT = "ltau-estimator"
 _ESTIMATOR_ATTRIBUTES = (
@@ -90,6 +91,9 @@ Weighting = Literal["uniform", "distance"]
 DistanceScale = Literal["absolute", "local"]
 _MIN_DISTANCE = 1e-12
 _MIXTURE_FLOATS = 1 << 22
+_MIN_SCORING_GROUPS = 3
+"""Fewest validation groups (structures) on which :meth:`LTAUEstimator.calibrate` fits a
+structure scoring."""
 """Largest ``queries x k x n_bins`` block gathered at once when forming mixtures (32 MB)."""
 
 
@@ -117,6 +121,10 @@ class GroupSummary:
     (eV/Å for force errors); ``max_exceedance``: ``(n_groups, len(atol))`` the largest
     ``P(error > atol)`` in the group, None if the prediction has no ``atol``;
     ``max_ood_score`` / ``mean_ood_score``: ``(n_groups,)`` in descriptor units.
+    ``structure_ood_score``: ``(n_groups,)`` the structure-level OOD score of a
+    :class:`~ltau.structure_scoring.StructureScoring` (``structure_scoring`` names its
+    aggregate, e.g. ``"max"``), and ``ood_flag`` ``(n_groups,)`` bool: it exceeds the
+    scoring's validated threshold (None without one, or without a scoring).
     """
 
     group_ids: np.ndarray
@@ -127,6 +135,9 @@ class GroupSummary:
     max_ood_score: np.ndarray
     mean_ood_score: np.ndarray
     atol: tuple[float, ...] = ()
+    structure_ood_score: np.ndarray | None = None
+    ood_flag: np.ndarray | None = None
+    structure_scoring: str | None = None
 
 
 @dataclass(frozen=True)
@@ -212,9 +223,13 @@ class LTAUPrediction:
             calibrated=first.calibrated,
         )
 
-    def per_group(self, groups: np.ndarray) -> GroupSummary:
+    def per_group(
+        self, groups: np.ndarray, scoring: StructureScoring | None = None
+    ) -> GroupSummary:
         """Aggregates per group of queries, e.g. per structure: ``groups`` is an integer label
-        per query, ``(n,)`` (``structures.index.configuration_of_atoms`` for atoms)."""
+        per query, ``(n,)`` (``structures.index.configuration_of_atoms`` for atoms).
+        ``scoring`` adds the structure-level OOD score and flags (an estimator's is
+        ``structure_scoring_``, see :meth:`LTAUEstimator.per_structure`)."""
         labels = group_labels(groups, self.expected_error.shape[0], "query")
         group_ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
         order = np.argsort(inverse, kind="stable")
@@ -235,6 +250,7 @@ class LTAUPrediction:
             max_ood_score=group_max(self.ood_score),
             mean_ood_score=group_mean(self.ood_score),
             atol=self.atol,
+            **_structure_fields(self.ood_score, labels, scoring),
         )
 
     def uq_metrics(
@@ -317,7 +333,8 @@ class LTAUEstimator:
     ``sklearn.base.clone`` works), everything :meth:`fit` or :meth:`load` sets ends in ``_``
     (``index_``, ``distributions_``, ``local_scale_``, ``sample_expected_error_``,
     ``sample_resolution_``,
-    ``calibrator_`` and ``widening_`` after :meth:`calibrate`, ``metadata_``), and using the
+    ``calibrator_``, ``widening_`` and ``structure_scoring_`` after :meth:`calibrate`,
+    ``metadata_``), and using the
     estimator before that raises :class:`~ltau.exceptions.NotFittedError`.
     """
 
@@ -445,6 +462,7 @@ class LTAUEstimator:
         self._exceedance_cache_: dict[float, np.ndarray] = {}
         self.calibrator_ = None
         self.widening_: DistanceWidening | None = None
+        self.structure_scoring_: StructureScoring | None = None
         self.metadata_: dict[str, Any] = {}
 
     @property
@@ -752,7 +770,9 @@ class LTAUEstimator:
         ``"scale"`` (one factor on the error axis) or ``"isotonic"`` (scale, then an isotonic
         map of CDF levels; Kuleshov et al. 2018), fitted on the widened distributions.
         Afterwards ``predict`` returns calibrated statistics unless ``calibrated=False``; the
-        maps are saved with the estimator.
+        maps are saved with the estimator. With ``groups`` of at least three structures, the
+        structure-level OOD scoring is chosen on them too (:attr:`structure_scoring_`, see
+        :mod:`ltau.structure_scoring` and :meth:`per_structure`) and saved alike.
         """
         self._fitted_index("calibrate")
         calibrator = make_calibrator(method)
@@ -792,6 +812,7 @@ class LTAUEstimator:
         ``raw`` (with its PDF) of validation queries whose observed errors are ``errors``."""
         mass = raw.pdf * self.bins.widths
         errors = _observed_errors(errors, mass.shape[0])
+        observed = errors
         widening = None
         if widen:
             group_scores = _group_scores(groups, raw.ood_score)
@@ -799,7 +820,21 @@ class LTAUEstimator:
             errors = errors / widening.factors(raw.ood_score, group_scores)
         self.calibrator_ = calibrator.fit(mass, self.bins, errors)
         self.widening_ = widening
+        self.structure_scoring_ = None
+        if groups is not None and np.unique(groups).size >= _MIN_SCORING_GROUPS:
+            self.structure_scoring_ = StructureScoring.fit(raw.ood_score, groups, observed)
         return self
+
+    def per_structure(self, prediction: LTAUPrediction, groups: np.ndarray) -> GroupSummary:
+        """``prediction.per_group(groups, scoring)`` with this estimator's structure scoring
+        (:attr:`structure_scoring_`, fitted by :meth:`calibrate` given ``groups`` of at least
+        three structures; else the plain maximum of the atoms' OOD scores, without flags)."""
+        self._fitted_index("per_structure")
+        if not isinstance(prediction, LTAUPrediction):
+            raise LTAUInputError(
+                f"prediction must be an LTAUPrediction; got {type(prediction).__name__}"
+            )
+        return prediction.per_group(groups, self.structure_scoring_ or StructureScoring())
 
     def probability_integral_transform(
         self,
@@ -914,6 +949,10 @@ class LTAUEstimator:
                 sign_attributes(group, ("file",))
             if self.local_scale_ is not None:
                 write_array(group, "local_scale", self.local_scale_)
+            if self.structure_scoring_ is not None:
+                scoring = handle.create_group("structure_scoring")
+                scoring.attrs["scoring"] = json.dumps(self.structure_scoring_.to_dict())
+                sign_attributes(scoring, ("scoring",))
         self.metadata_ = json.loads(metadata_json)
 
     @classmethod
@@ -948,6 +987,11 @@ class LTAUEstimator:
             local_scale = (
                 read_array(handle["index"], "local_scale", path)
                 if "local_scale" in handle["index"]
+                else None
+            )
+            scoring_json = (
+                str(read_attributes(handle["structure_scoring"], ("scoring",), path)["scoring"])
+                if "structure_scoring" in handle
                 else None
             )
         try:
@@ -1002,6 +1046,8 @@ class LTAUEstimator:
             widening = json.loads(attributes.get("widening", "null"))
             if widening is not None:
                 estimator.widening_ = DistanceWidening.from_dict(widening)
+            if scoring_json is not None:
+                estimator.structure_scoring_ = StructureScoring.from_dict(json.loads(scoring_json))
         except (TypeError, ValueError, LTAUInputError) as exc:
             raise LTAUFileError(f"{path}: the stored calibration is invalid: {exc}") from exc
         return estimator
@@ -1122,3 +1168,19 @@ def _group_means(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return np.full(values.shape, values.mean())
     _, inverse = np.unique(labels, return_inverse=True)
     return (np.bincount(inverse, values) / np.bincount(inverse))[inverse]
+
+
+def _structure_fields(
+    ood_scores: np.ndarray, labels: np.ndarray, scoring: StructureScoring | None
+) -> dict[str, Any]:
+    """The structure-level fields of a :class:`GroupSummary` (empty without a ``scoring``)."""
+    if scoring is None:
+        return {}
+    if not isinstance(scoring, StructureScoring):
+        raise LTAUInputError(f"scoring must be a StructureScoring; got {type(scoring).__name__}")
+    _, structure = scoring.scores(ood_scores, labels)
+    return {
+        "structure_ood_score": structure,
+        "ood_flag": scoring.flags(structure),
+        "structure_scoring": scoring.name,
+    }

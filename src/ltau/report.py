@@ -63,6 +63,17 @@ METRIC_INFO: dict[str, MetricInfo] = {
     "auroc_ood_score_vs_in_domain": MetricInfo(
         "AUROC of the OOD score against the in-domain set", "", _HIGHER
     ),
+    "n_structures": MetricInfo("structures", "", ""),
+    "mean_structure_ood_score": MetricInfo("mean structure OOD score", "", ""),
+    "fraction_structures_flagged_ood": MetricInfo(
+        "fraction of structures flagged out of domain (validated threshold)", "", ""
+    ),
+    "auroc_structure_ood_score_vs_in_domain": MetricInfo(
+        "AUROC of the structure OOD score against the in-domain structures", "", _HIGHER
+    ),
+    "structure_spearman": MetricInfo(
+        "Spearman ρ, structure's largest expected vs largest true error", "", _HIGHER
+    ),
     # The tabular demo (ltau.demo.tabular): its accuracy, and its older names of bundle keys.
     "rmse": MetricInfo("RMSE", ERROR_UNIT, _LOWER),
     "mean_abs_error": MetricInfo("mean true error (MAE)", ERROR_UNIT, _LOWER),
@@ -101,6 +112,16 @@ TABLE_ORDER: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("proper scores", ("crps", "nll")),
     ("out of domain", ("mean_ood_score", "auroc_ood_score_vs_in_domain")),
+    (
+        "per structure",
+        (
+            "n_structures",
+            "structure_spearman",
+            "mean_structure_ood_score",
+            "fraction_structures_flagged_ood",
+            "auroc_structure_ood_score_vs_in_domain",
+        ),
+    ),
 )
 """Sections and row order of the metric table; keys a set does not have are skipped, keys not
 listed here follow at the end under "other"."""

@@ -24,8 +24,8 @@ own file; read with ``mmap=True``, the inverted lists of the IVF kinds are memor
 (:func:`index_kind_for`): ``exact`` for at most :data:`AUTO_EXACT_LIMIT` training items,
 else ``hnsw`` with its defaults. The limit is where, measured on this project's machine (one
 FAISS thread, 64-d descriptors, 15 queries as in one MD step of a small molecule), the exact
-search became slower than HNSW's: 171 µs against 283 µs at 3000 items, 570 µs against 222 µs
-at 10 000, 9.5 ms against 0.35 ms at 100 000 (recall@10 of HNSW 1.0 throughout;
+search became slower than HNSW's: 207 µs against 331 µs at 3000 items, 691 µs against 380 µs
+at 10 000, 10.4 ms against 1.5 ms at 100 000 (recall@10 of HNSW 1.0 throughout;
 ``benchmarks/inference.py`` prints the measurement as ``search_by_training_size``).
 
 With faiss-gpu installed and a GPU present, :meth:`NeighborIndex.use_gpu` moves the search of

@@ -12,6 +12,16 @@ when the estimator records one), turns the descriptors into LTAU's per-atom resu
 * ``ltau_ood_score``: mean Euclidean distance to the k nearest training atoms (relative to
   their local scales for an estimator with ``distance_scale="local"``).
 
+and per structure (one number each):
+
+* ``ltau_structure_ood_score``: the structure's OOD score, aggregated from its atoms' by the
+  estimator's validated :class:`~ltau.structure_scoring.StructureScoring` (the largest atom
+  score for an estimator without one);
+* ``ltau_structure_ood_flag``: 1.0 if that score exceeds the scoring's validated threshold,
+  else 0.0 (absent without a threshold);
+* ``ltau_structure_max_expected_force_error`` (eV/Å): the largest expected force error of
+  its atoms, the structure's uncertainty.
+
 The structure's atoms form one group, so a calibrated estimator widens the distributions with
 the structure's mean OOD score too (see :meth:`ltau.estimator.LTAUEstimator.calibrate`).
 
@@ -26,7 +36,7 @@ These are also copied into ``atoms.info``, which the extxyz writer keeps.
 
 The per-atom results are also copied into ``atoms.arrays`` of the calculated structure, because ASE's extxyz
 writer only keeps result names it knows: ``ase.io.write(path, atoms, format="extxyz")`` then
-keeps them as per-atom columns.
+keeps them as per-atom columns; the per-structure results go into ``atoms.info``.
 """
 
 from __future__ import annotations
@@ -50,6 +60,11 @@ logger = logging.getLogger(__name__)
 
 PER_ATOM_RESULTS = ("ltau_expected_force_error", "ltau_p_exceed", "ltau_ood_score")
 ENERGY_RESULTS = ("ltau_expected_energy_error", "ltau_energy_ood_score")
+PER_STRUCTURE_RESULTS = (
+    "ltau_structure_ood_score",
+    "ltau_structure_ood_flag",
+    "ltau_structure_max_expected_force_error",
+)
 
 
 @dataclass
@@ -80,6 +95,7 @@ class LTAUCalculatorBase(Calculator):
         "stress",
         *PER_ATOM_RESULTS,
         *ENERGY_RESULTS,
+        *PER_STRUCTURE_RESULTS,
     ]
     per_atom_results: ClassVar[tuple[str, ...]] = PER_ATOM_RESULTS
 
@@ -157,10 +173,9 @@ class LTAUCalculatorBase(Calculator):
         if not np.all(np.isfinite(self.atoms.cell.array)):
             raise LTAUInputError("the cell holds NaN or infinity")
         output = self.evaluate_model(self.atoms, compute_stress=bool(self.atoms.pbc.all()))
-        n_atoms = len(output.descriptors)
-        prediction = self.estimator.predict(
-            output.descriptors, groups=np.zeros(n_atoms, dtype=np.int64), atol=self.atol
-        )
+        groups = np.zeros(len(output.descriptors), dtype=np.int64)
+        prediction = self.estimator.predict(output.descriptors, groups=groups, atol=self.atol)
+        structure = self.estimator.per_structure(prediction, groups)
         self.results = {
             "energy": float(output.energy),
             "free_energy": float(output.energy),
@@ -168,14 +183,17 @@ class LTAUCalculatorBase(Calculator):
             "ltau_expected_force_error": prediction.expected_error,
             "ltau_p_exceed": prediction.exceedance[:, 0],
             "ltau_ood_score": prediction.ood_score,
+            "ltau_structure_ood_score": float(structure.structure_ood_score[0]),
+            "ltau_structure_max_expected_force_error": float(structure.max_expected_error[0]),
         }
         if self.energy_estimator is not None:
-            groups = np.zeros(n_atoms, dtype=np.int64)
             energy = self.energy_estimator.predict(
                 structure_descriptors(output.descriptors, groups)
             )
             self.results["ltau_expected_energy_error"] = float(energy.expected_error[0])
             self.results["ltau_energy_ood_score"] = float(energy.ood_score[0])
+        if structure.ood_flag is not None:
+            self.results["ltau_structure_ood_flag"] = float(structure.ood_flag[0])
         if output.stress is not None:
             self.results["stress"] = full_3x3_to_voigt_6_stress(
                 np.asarray(output.stress, dtype=np.float64)
@@ -183,6 +201,6 @@ class LTAUCalculatorBase(Calculator):
         if atoms is not None:
             for name in self.per_atom_results:
                 atoms.arrays[name] = np.asarray(self.results[name], dtype=np.float64)
-            for name in ENERGY_RESULTS:
+            for name in (*PER_STRUCTURE_RESULTS, *ENERGY_RESULTS):
                 if name in self.results:
                     atoms.info[name] = self.results[name]

@@ -15,7 +15,10 @@ for exceedance flags is its 90th percentile of true errors.
 Per-atom quantities: true error ``||F_pred - F_ref||_2`` (eV/Å); predicted expected error
 (eV/Å); exceedance ``P(error > atol)``; OOD score = mean Euclidean distance to the k nearest
 training atoms in the model's invariant descriptor space (relative to their local scales if
-the chosen distance scale is local). Any force field plugs in through :func:`run_pipeline`:
+the chosen distance scale is local). Per structure: the structure OOD score (the atoms' scores
+aggregated as chosen on the validation structures, :mod:`ltau.structure_scoring`), whether it
+exceeds the validated threshold, and the largest expected force error of its atoms (eV/Å),
+scored by Spearman against the structure's largest true force error. Any force field plugs in through :func:`run_pipeline`:
 its error log and an ``evaluate(structures, progress)`` function returning descriptors and
 force errors.
 
@@ -48,11 +51,12 @@ from ltau.energy import (
     fit_energy_estimator,
     structure_descriptors,
 )
-from ltau.estimator import LTAUEstimator, LTAUPrediction
+from ltau.estimator import GroupSummary, LTAUEstimator, LTAUPrediction
 from ltau.exceptions import LTAUInputError
 from ltau.recording import ErrorLog, ErrorRecorder
 from ltau.report import SetResults, element_breakdown, write_report
 from ltau.selection import CV_FOLDS, CV_REPEATS, burn_in_candidates, choose_configuration
+from ltau.structure_scoring import StructureScoring
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +274,11 @@ def run_pipeline(
             "atol_eV_per_A": atol,
             "atol_rule": f"{ATOL_QUANTILE:.0%} quantile of validation force errors",
             **({"energy": energy_choice} if energy_choice is not None else {}),
+            "structure_scoring": (
+                None
+                if estimator.structure_scoring_ is None
+                else estimator.structure_scoring_.to_dict()
+            ),
         },
         "validation_force_rmse": metrics.rmse(validation_eval.force_errors),
         "sets": results,
@@ -304,10 +313,12 @@ def _evaluate_tests(
     atol: float,
     in_domain: str,
 ) -> tuple[dict[str, dict], list[SetResults]]:
-    """Per-set metrics (with the per-element breakdown of labelled sets and the OOD-score
-    AUROC of every other set against ``in_domain``) and the per-atom arrays of the report."""
+    """Per-set metrics (with the per-element breakdown of labelled sets, the structure-level
+    figures, and the atom and structure OOD-score AUROCs of every other set against
+    ``in_domain``) and the per-atom arrays of the report."""
     results: dict[str, dict] = {}
     sets: list[SetResults] = []
+    structure_scores: dict[str, np.ndarray] = {}
     for name, structures in tests.items():
         evaluation = evaluate(structures, True)
         groups = structures.index.configuration_of_atoms
@@ -333,6 +344,9 @@ def _evaluate_tests(
         results[name]["mean_ood_score"] = float(prediction.ood_score.mean())
         results[name]["mean_expected_error"] = float(prediction.expected_error.mean())
         results[name]["n_below_resolution"] = int(np.count_nonzero(prediction.below_resolution))
+        structure = estimator.per_structure(prediction, groups)
+        structure_scores[name] = structure.structure_ood_score
+        results[name].update(_structure_metrics(structure, observed, groups))
         set_results = SetResults(
             name,
             prediction.expected_error,
@@ -354,7 +368,33 @@ def _evaluate_tests(
                 np.concatenate([shifted, in_domain_ood]),
                 np.r_[np.ones(shifted.size), np.zeros(in_domain_ood.size)],
             )
+    in_domain_structures = structure_scores[in_domain]
+    for name, scores in structure_scores.items():
+        if name != in_domain:
+            results[name]["auroc_structure_ood_score_vs_in_domain"] = metrics.auroc(
+                np.concatenate([scores, in_domain_structures]),
+                np.r_[np.ones(scores.size), np.zeros(in_domain_structures.size)],
+            )
     return results, sets
+
+
+def _structure_metrics(
+    structure: GroupSummary, observed: np.ndarray | None, groups: np.ndarray
+) -> dict:
+    """A set's per-structure figures: how many structures, their mean OOD score, the fraction
+    flagged out of domain and, with true errors ``observed`` ``(n_atoms,)`` (eV/Å), the
+    Spearman correlation of each structure's largest expected error with its largest true
+    error."""
+    figures: dict = {
+        "n_structures": int(structure.group_ids.size),
+        "mean_structure_ood_score": float(structure.structure_ood_score.mean()),
+    }
+    if structure.ood_flag is not None:
+        figures["fraction_structures_flagged_ood"] = float(structure.ood_flag.mean())
+    if observed is not None and structure.group_ids.size >= 2:
+        _, max_observed = StructureScoring("max").scores(observed, groups)
+        figures["structure_spearman"] = metrics.spearman(structure.max_expected_error, max_observed)
+    return figures
 
 
 def fit_ltau(
