@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from ltau import ErrorDistributions, ErrorRecorder
 from ltau.energy import (
+    ENERGY_CENTRINGS,
+    ENERGY_LOG_NAME,
     ENERGY_UNIT,
+    EnergyRecorder,
+    centred_energy_errors,
     energy_errors,
+    energy_log_path,
     energy_recorder,
     fit_energy_estimator,
     open_energy_log,
@@ -18,21 +25,66 @@ from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.metrics import spearman
 
 
-def test_energy_errors_are_recorded_and_reloaded_exactly(tmp_path):
+@pytest.mark.parametrize("centring", ENERGY_CENTRINGS)
+def test_energy_errors_are_recorded_centred_and_reloaded_exactly(tmp_path, centring):
     rng = np.random.default_rng(3)
-    epochs = rng.lognormal(-3, 1, size=(4, 7)).astype(np.float32)
+    # Signed errors with a large shared offset per epoch, as a drifting model's are.
+    signed = rng.normal(size=(4, 7)) * 0.05 + rng.normal(size=(4, 1)) * 2.0
+    expected = np.empty((4, 7), dtype=np.float32)
+    offsets = []
     path = tmp_path / "energy_errors.h5"
-    with energy_recorder(7, path, provenance={"run": "test"}) as recorder:
-        for member, row in enumerate(epochs):
-            order = rng.permutation(7)
-            for half in np.array_split(order, 2):
-                recorder.record(half, row[half])
+    with energy_recorder(7, path, centring=centring, provenance={"run": "test"}) as recorder:
+        for member, row in enumerate(signed):
+            steps = np.array_split(rng.permutation(7), 2)
+            for step in steps:
+                recorder.record(step, row[step])
             recorder.end_epoch(member % 2)
+            if centring == "batch_mean":
+                for step in steps:
+                    expected[member, step] = np.abs(row[step] - np.mean(row[step]))
+                offsets.append(np.mean([np.mean(row[step]) for step in steps]))
+            else:
+                statistic = {"none": lambda r: 0.0, "epoch_mean": np.mean}.get(centring, np.median)
+                offsets.append(statistic(row))
+                expected[member] = np.abs(row - offsets[-1])
     with open_energy_log(path) as log:
-        np.testing.assert_array_equal(log.to_array(), epochs)
-        assert log.provenance["unit"] == ENERGY_UNIT and log.provenance["run"] == "test"
+        np.testing.assert_array_equal(log.to_array(), expected)
+        facts = log.provenance
+        assert facts["unit"] == ENERGY_UNIT and facts["run"] == "test"
+        assert facts["centring"] == centring
+        assert facts["epoch_offsets"] == [[m % 2, float(o)] for m, o in enumerate(offsets)]
         np.testing.assert_array_equal(log.samples["configuration"], np.arange(7))
         assert log.epochs_by_member == {0: 2, 1: 2}
+    if centring == "epoch_mean":
+        # The shared offset is gone: the logged errors are the configurations' own.
+        assert expected.max() < 0.5 < np.abs(signed).mean()
+    # Resumed, the log keeps its centring; a partial epoch is centred over what it recorded.
+    with EnergyRecorder.resume(path) as again:
+        assert again.centring == centring
+        again.record(np.array([1, 4]), np.array([1.0, 3.0]))
+        again.end_epoch(0, allow_missing=True)
+    with open_energy_log(path) as log:
+        last = log.to_array()[-1]
+    shift = 0.0 if centring == "none" else 2.0
+    np.testing.assert_array_equal(last[[1, 4]], np.abs(np.array([1.0, 3.0]) - shift))
+    assert np.isnan(np.delete(last, [1, 4])).all()
+
+
+def test_centring_rule_and_its_bad_input():
+    centred, offset = centred_energy_errors(np.array([1.0, 2.0, 6.0]), "epoch_median")
+    assert offset == 2.0
+    np.testing.assert_array_equal(centred, [1.0, 0.0, 4.0])
+    with pytest.raises(LTAUInputError, match="centring must be one of"):
+        centred_energy_errors(np.ones(2), "per_batch")
+    with pytest.raises(LTAUInputError, match="finite"):
+        centred_energy_errors(np.array([1.0, np.nan]), "epoch_mean")
+    with pytest.raises(LTAUInputError, match="at least one"):
+        centred_energy_errors(np.array([]), "epoch_mean")
+
+
+def test_energy_log_path_is_beside_the_force_log(tmp_path):
+    assert energy_log_path(tmp_path / "errors.h5") == tmp_path / ENERGY_LOG_NAME
+    assert energy_log_path("run/member3.h5") == Path("run/energy_member3.h5")
 
 
 def test_a_force_log_is_not_taken_for_an_energy_log(tmp_path):
@@ -101,8 +153,20 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     with pytest.raises(LTAUInputError, match="3 validation structures but 2 energy errors"):
         fit_energy_estimator(rng.random((10, 2)), distributions, np.zeros((3, 2)), np.ones(2))
     with energy_recorder(3, tmp_path / "e.h5") as recorder:
-        with pytest.raises(LTAUInputError, match="needs 3 errors"):
+        with pytest.raises(LTAUInputError, match="needs 3 signed energy errors"):
             recorder.record_epoch(np.ones(4))
+        with pytest.raises(LTAUInputError, match="finite"):
+            recorder.record([0, 1], [0.1, np.inf])
+        with pytest.raises(LTAUInputError, match="2 ids but 1 errors"):
+            recorder.record([0, 1], [0.1])
+        with pytest.raises(LTAUInputError, match="recorded twice"):
+            recorder.record([2, 2], [0.1, -0.1])
+    with pytest.raises(LTAUInputError, match="centring must be one of"):
+        energy_recorder(3, tmp_path / "e2.h5", centring="mean")
+    with ErrorRecorder(5, log_path=tmp_path / "forces.h5") as forces:
+        forces.record_epoch(np.ones(5))
+    with pytest.raises(LTAUFileError, match="not an energy-error log"):
+        EnergyRecorder.resume(tmp_path / "forces.h5")
 
 
 def test_pipeline_refuses_an_energy_log_that_does_not_fit(tmp_path):

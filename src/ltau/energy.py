@@ -1,13 +1,16 @@
 """Energy uncertainty: per-configuration energy-error logs and a per-structure estimator.
 
 The energy log is an ordinary error log (:mod:`ltau.recording`, format ``ltau-error-log``)
-whose samples are training *configurations*, not atoms: sample ``c`` holds
-``|E_pred - E_ref|`` of configuration ``c``, in eV per structure (not per atom), at every
-epoch. It sits next to the per-atom force log (``errors.h5`` / ``energy_errors.h5``),
-written, sealed and reloaded the same way. Its ``samples/configuration`` column names each
-sample's configuration and its signed provenance says what it holds:
-``{"error": ENERGY_ERROR, "unit": ENERGY_UNIT, ...}``; :func:`open_energy_log` refuses a log
-that does not (a force log, say).
+whose samples are training *configurations*, not atoms: sample ``c`` holds configuration
+``c``'s energy error at every epoch, in eV per structure (not per atom). Trainer hooks hand
+the :class:`EnergyRecorder` signed errors ``E_pred - E_ref``; it logs
+``|E_pred - E_ref - offset|``, the offset shared by the epoch's configurations removed
+(:func:`centred_energy_errors`, the one rule; ``centring="none"`` logs ``|E_pred - E_ref|``).
+It sits next to the per-atom force log (``errors.h5`` / ``energy_errors.h5``,
+:func:`energy_log_path`), written, sealed and reloaded the same way. Its
+``samples/configuration`` column names each sample's configuration and its signed provenance
+says what it holds: ``{"error": ENERGY_ERROR, "unit": ENERGY_UNIT, "centring": ...,
+"epoch_offsets": ...}``; :func:`open_energy_log` refuses a log that does not (a force log).
 
 The energy estimator is an :class:`~ltau.estimator.LTAUEstimator` over configurations: each
 structure's descriptor is the mean of its atoms' descriptors (:func:`structure_descriptors`),
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -35,25 +39,144 @@ ENERGY_LOG_NAME = "energy_errors.h5"
 """The energy log's file name beside a run's force log ``errors.h5``."""
 
 
+def energy_log_path(force_log_path: str | os.PathLike) -> Path:
+    """Where a run's energy log goes beside its force log: ``energy_`` + the force log's file
+    name in its folder (``errors.h5`` -> :data:`ENERGY_LOG_NAME`)."""
+    path = Path(force_log_path)
+    return path.with_name(f"energy_{path.name}")
+
+
+ENERGY_CENTRINGS = ("none", "epoch_mean", "epoch_median", "batch_mean")
+"""How signed energy errors are centred before they are logged: not at all, by the epoch's
+mean or median over its configurations, or by each training step's (each
+:meth:`EnergyRecorder.record` call's) mean (see :func:`centred_energy_errors`)."""
+DEFAULT_CENTRING = "epoch_mean"
+
+
+def centred_energy_errors(signed: np.ndarray, centring: str) -> tuple[np.ndarray, float]:
+    """The one rule for what the energy log holds: signed errors ``E_pred - E_ref`` ``(n,)``
+    (eV per structure) of the configurations of one epoch (``"epoch_mean"``,
+    ``"epoch_median"``) or one step (``"batch_mean"``), minus their shared offset (their mean,
+    or median; 0 for ``"none"``), in absolute value. Returns ``(|e - offset|, offset)``."""
+    if centring not in ENERGY_CENTRINGS:
+        raise LTAUInputError(f"centring must be one of {ENERGY_CENTRINGS}; got {centring!r}")
+    values = real_array(signed, "signed energy errors").reshape(-1)
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        raise LTAUInputError("signed energy errors must be finite, at least one")
+    if centring == "none":
+        offset = 0.0
+    elif centring == "epoch_median":
+        offset = float(np.median(values))
+    else:
+        offset = float(np.mean(values))
+    return np.abs(values - offset), offset
+
+
+class EnergyRecorder(ErrorRecorder):
+    """An :class:`~ltau.recording.ErrorRecorder` of per-configuration energy errors. Trainer
+    hooks :meth:`record` *signed* errors ``E_pred - E_ref`` (eV per structure), one call per
+    training step; the shared offset (of each step for ``"batch_mean"``, else of the epoch at
+    :meth:`end_epoch`) is removed by :func:`centred_energy_errors` and ``|e - offset|`` is
+    logged. The centring and every epoch's offset (eV; for ``"batch_mean"`` the mean of its
+    steps') are kept in the log's provenance (``centring``, ``epoch_offsets``:
+    ``[member, offset]`` per epoch)."""
+
+    def __init__(
+        self,
+        n_configs: int,
+        log_path: str | os.PathLike,
+        *,
+        centring: str = DEFAULT_CENTRING,
+        overwrite: bool = False,
+        provenance: Mapping[str, object] | None = None,
+    ) -> None:
+        n_configs = positive_int(n_configs, "n_configs")
+        if centring not in ENERGY_CENTRINGS:
+            raise LTAUInputError(f"centring must be one of {ENERGY_CENTRINGS}; got {centring!r}")
+        facts = dict(provenance or {})
+        facts.update(error=ENERGY_ERROR, unit=ENERGY_UNIT, centring=centring, epoch_offsets=[])
+        super().__init__(
+            n_configs,
+            log_path=log_path,
+            overwrite=overwrite,
+            samples={"configuration": np.arange(n_configs)},
+            provenance=facts,
+        )
+        self.centring = centring
+        self._signed = np.zeros(n_configs, dtype=np.float64)
+        self._step_offsets: list[float] = []
+
+    @classmethod
+    def resume(cls, log_path: str | os.PathLike, *, bins=None) -> EnergyRecorder:
+        """Reopen an energy log and continue recording with its centring."""
+        recorder = super().resume(log_path, bins=bins)
+        try:
+            check_energy_log(recorder)
+            recorder.centring = str(recorder.provenance.get("centring", "none"))
+            if recorder.centring not in ENERGY_CENTRINGS:
+                raise LTAUFileError(f"{log_path} names an unknown centring {recorder.centring!r}")
+        except BaseException:
+            recorder.close()
+            raise
+        recorder._signed = np.zeros(recorder.n_samples, dtype=np.float64)
+        recorder._step_offsets = []
+        return recorder
+
+    def record(self, ids: np.ndarray, errors: np.ndarray) -> None:
+        """Record the signed energy errors ``E_pred - E_ref`` (eV per structure, finite) of
+        configurations ``ids`` in the current epoch."""
+        signed = real_array(errors, "signed energy errors").reshape(-1)
+        if not np.all(np.isfinite(signed)):
+            raise LTAUInputError("signed energy errors must be finite (no NaN or infinity)")
+        super().record(ids, np.abs(signed))
+        if self.centring == "batch_mean" and signed.size:
+            signed, offset = signed - np.mean(signed), float(np.mean(signed))
+            self._step_offsets.append(offset)
+        self._signed[np.asarray(ids, dtype=np.int64)] = signed
+
+    def record_epoch(self, errors: np.ndarray, member: int = 0) -> int:
+        """Record a whole epoch of signed energy errors, one per configuration in id order."""
+        signed = real_array(errors, "signed energy errors").reshape(-1)
+        if signed.size != self.n_samples:
+            raise LTAUInputError(
+                f"record_epoch needs {self.n_samples} signed energy errors; got {signed.size}"
+            )
+        self.record(np.arange(self.n_samples), signed)
+        return self.end_epoch(member)
+
+    def end_epoch(self, member: int = 0, *, allow_missing: bool = False) -> int:
+        """Centre the epoch's signed errors (over the configurations recorded), log them, and
+        close the epoch of model ``member``; returns its epoch number for that model."""
+        seen = np.flatnonzero(self._seen)
+        offset = 0.0
+        if seen.size:
+            by_epoch = "none" if self.centring == "batch_mean" else self.centring
+            centred, offset = centred_energy_errors(self._signed[seen], by_epoch)
+            self._buffer[seen] = centred
+        if self.centring == "batch_mean":
+            offset = float(np.mean(self._step_offsets)) if self._step_offsets else 0.0
+        epoch = super().end_epoch(member, allow_missing=allow_missing)
+        self._step_offsets = []
+        facts = self.provenance
+        facts["epoch_offsets"] = [*facts.get("epoch_offsets", []), [int(member), offset]]
+        self.set_provenance(facts)
+        return epoch
+
+
 def energy_recorder(
     n_configs: int,
     log_path: str | os.PathLike,
     *,
+    centring: str = DEFAULT_CENTRING,
     overwrite: bool = False,
     provenance: Mapping[str, object] | None = None,
-) -> ErrorRecorder:
+) -> EnergyRecorder:
     """A recorder of per-configuration energy errors (eV per structure): one sample per
-    training configuration ``0 .. n_configs - 1``, logged to ``log_path``. ``provenance``:
-    further facts about the run (the energy facts cannot be overridden)."""
-    n_configs = positive_int(n_configs, "n_configs")
-    facts = dict(provenance or {})
-    facts.update(error=ENERGY_ERROR, unit=ENERGY_UNIT)
-    return ErrorRecorder(
-        n_configs,
-        log_path=log_path,
-        overwrite=overwrite,
-        samples={"configuration": np.arange(n_configs)},
-        provenance=facts,
+    training configuration ``0 .. n_configs - 1``, logged to ``log_path``; trainer hooks give
+    it signed errors, it logs them centred by ``centring`` (see :class:`EnergyRecorder`).
+    ``provenance``: further facts about the run (the energy facts cannot be overridden)."""
+    return EnergyRecorder(
+        n_configs, log_path, centring=centring, overwrite=overwrite, provenance=provenance
     )
 
 

@@ -44,6 +44,7 @@ from ltau._checks import positive_number
 from ltau._io import atomic_path
 from ltau.atomistic.calculator import LTAUCalculatorBase, ModelOutput
 from ltau.atomistic.structures import ForceFieldEvaluation, LabelledStructures
+from ltau.energy import EnergyRecorder
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.integrations._trained import TrainingTimes
@@ -229,7 +230,7 @@ def train_mace(
     isolated_atom_energies: dict[int, float] | None = None,
     recorder: ErrorRecorder | None = None,
     member: int = 0,
-    energy_recorder: ErrorRecorder | None = None,
+    energy_recorder: EnergyRecorder | None = None,
     config_weights: np.ndarray | None = None,
     progress: bool = True,
     device: str = "cpu",
@@ -240,8 +241,8 @@ def train_mace(
     ``isolated_atom_energies``: E0s by atomic number (eV); without them they are fitted by
     least squares on the training energies. ``recorder`` must have one sample per training
     atom; its epoch is closed with ``member``. ``energy_recorder`` (one sample per training
-    configuration, see :func:`ltau.energy.energy_recorder`) records each configuration's
-    ``|E_pred - E_ref|`` (eV per structure) from the same forward pass. ``config_weights``: a loss weight per
+    configuration, see :func:`ltau.energy.energy_recorder`) gets each configuration's signed
+    ``E_pred - E_ref`` (eV per structure) from the same forward pass and logs it centred. ``config_weights``: a loss weight per
     configuration ``(n_configs,)``, finite, >= 0, not all 0 (mace's per-configuration
     ``weight``, multiplying both the energy and the force terms; it replaces any
     ``config_weight`` in ``atoms.info``); default: all 1.
@@ -304,9 +305,9 @@ def train_mace(
                 if energy_recorder is not None:
                     logged = time.perf_counter()
                     first_atoms = batch.atom_ids[batch.ptr[:-1]].cpu()
-                    energy_errors = torch.abs(output["energy"] - batch.energy).detach().cpu()
+                    signed = (output["energy"] - batch.energy).detach().cpu()
                     energy_recorder.record(
-                        configuration_of_atoms[first_atoms].numpy(), energy_errors.numpy()
+                        configuration_of_atoms[first_atoms].numpy(), signed.numpy()
                     )
                     logging += time.perf_counter() - logged
             logged = time.perf_counter()
