@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
             energy_log=energies,
         )
         skip = report["chosen_on_validation"]["skip_epochs"]
+        energies_centring = energies.centring
         force_estimator = LTAUEstimator.load(out / "estimator.h5")
         energy_estimator = LTAUEstimator.load(out / "energy_estimator.h5")
         fit_eval = evaluate_mace(model, fit_set, progress=False)
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         "validation_spearman_2fold": validation_spearman,
         "chosen_route": max(validation_spearman, key=validation_spearman.__getitem__),
         "energy_k": report["chosen_on_validation"]["energy"]["k"],
+        "energy_centring": energies_centring,
         "epoch_seconds_mean": report["training"]["epoch_seconds_mean"],
     }
     for name in tests:

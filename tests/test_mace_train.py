@@ -18,7 +18,7 @@ pytest.importorskip("mace")
 from ltau import ErrorLog, LTAUEstimator
 from ltau._io import file_sha256
 from ltau.cli import main
-from ltau.energy import ENERGY_CENTRINGS, open_energy_log
+from ltau.energy import DEFAULT_CENTRING, ENERGY_CENTRINGS, open_energy_log
 from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.integrations.mace import TrainedMACE
 from ltau.integrations.mace_train import ConfigurationMatcher, MACETrainingLogger
@@ -117,7 +117,7 @@ def test_energy_log_beside_the_force_log(run):
     assert np.isnan(errors[:, held_out]).all()
     assert np.isfinite(np.delete(errors, held_out, axis=1)).all()
     assert facts["train_file_sha256"] == file_sha256(run / "train.xyz")
-    assert facts["centring"] == "epoch_mean" and len(facts["epoch_offsets"]) == 3
+    assert facts["centring"] == DEFAULT_CENTRING and len(facts["epoch_offsets"]) == 3
 
 
 class _Table(torch.nn.Module):

@@ -50,7 +50,8 @@ ENERGY_CENTRINGS = ("none", "epoch_mean", "epoch_median", "batch_mean")
 """How signed energy errors are centred before they are logged: not at all, by the epoch's
 mean or median over its configurations, or by each training step's (each
 :meth:`EnergyRecorder.record` call's) mean (see :func:`centred_energy_errors`)."""
-DEFAULT_CENTRING = "epoch_mean"
+DEFAULT_CENTRING = "batch_mean"
+"""The centring chosen on acac validation (benchmarks/energy_offsets.py, docs/energy.md)."""
 
 
 def centred_energy_errors(signed: np.ndarray, centring: str) -> tuple[np.ndarray, float]:
