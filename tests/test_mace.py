@@ -9,11 +9,14 @@ import pytest
 
 pytest.importorskip("mace")
 
+from dataclasses import replace
+
 from ase.build import add_adsorbate, bulk, fcc111
 from ase.calculators.emt import EMT
 
-from ltau import ErrorRecorder, LTAUEstimator
+from ltau import ErrorDistributions, ErrorRecorder, LTAUEstimator
 from ltau.atomistic.structures import read_structures
+from ltau.energy import energy_recorder, open_energy_log, structure_descriptors
 from ltau.exceptions import LTAUInputError
 from ltau.integrations.mace import (
     LTAUCalculator,
@@ -299,3 +302,70 @@ def test_calculator_refuses_what_it_cannot_compute_and_warns_without_fingerprint
     model.save(tmp_path / "model.pt")
     with pytest.raises(LTAUInputError, match="no head 'absent'"):
         TrainedMACE.from_file(tmp_path / "model.pt", head="absent")
+
+
+def test_energy_hook_records_each_configurations_energy_error(tmp_path):
+    """With a zero learning rate the weights never change, so the logged energy errors must be
+    the evaluated model's |E_pred - E_ref| of the same configuration (batches are shuffled)."""
+    structures = read_structures(
+        emt_structures(6, 5), energy_key="REF_energy", forces_key="REF_forces"
+    )
+    frozen = replace(SETTINGS, learning_rate=0.0, dtype="float64")
+    # centring="none": the log then holds |E_pred - E_ref| of the step's forward itself.
+    with energy_recorder(6, tmp_path / "energy_errors.h5", centring="none") as recorder:
+        model = train_mace(
+            structures, epochs=2, settings=frozen, energy_recorder=recorder, progress=False
+        )
+    evaluation = evaluate_mace(model, structures)
+    expected = np.abs(evaluation.energies - structures.energies)
+    with open_energy_log(tmp_path / "energy_errors.h5") as log:
+        logged = log.to_array()
+    assert logged.shape == (2, 6) and np.ptp(expected) > 1e-3
+    np.testing.assert_allclose(logged, np.broadcast_to(expected, (2, 6)), rtol=1e-5, atol=1e-6)
+
+    estimator = LTAUEstimator(2).fit(
+        structure_descriptors(evaluation.descriptors, structures.index.configuration_of_atoms),
+        ErrorDistributions.from_errors(logged.T.astype(np.float64) + 1e-6, n_bins=10),
+    )
+    atoms = structures.atoms[2].copy()
+    forces_estimator = LTAUEstimator(3).fit(
+        evaluation.descriptors, ErrorDistributions.from_errors(np.ones((structures.n_atoms, 2)))
+    )
+    atoms.calc = LTAUCalculator(model, forces_estimator, energy_estimator=estimator)
+    atoms.get_potential_energy()
+    direct = estimator.predict(
+        structure_descriptors(
+            evaluation.descriptors[structures.index.ids_of(2)], np.zeros(len(atoms), int)
+        )
+    )
+    assert atoms.calc.results["ltau_expected_energy_error"] == pytest.approx(
+        direct.expected_error[0], rel=1e-4
+    )
+    assert (
+        atoms.info["ltau_expected_energy_error"] == atoms.calc.results["ltau_expected_energy_error"]
+    )
+    assert atoms.calc.results["ltau_energy_ood_score"] == pytest.approx(direct.ood_score[0])
+    narrow = LTAUEstimator(2).fit(
+        np.zeros((6, 3), np.float32) + np.arange(6)[:, None], estimator.distributions_
+    )
+    with pytest.raises(LTAUInputError, match="the energy estimator was fitted on 3-dim"):
+        LTAUCalculator(model, forces_estimator, energy_estimator=narrow)
+
+
+def test_energy_hook_bad_inputs(tmp_path):
+    structures = read_structures(
+        emt_structures(3, 6), energy_key="REF_energy", forces_key="REF_forces"
+    )
+    with energy_recorder(4, tmp_path / "e.h5") as recorder:
+        with pytest.raises(LTAUInputError, match="4 samples but the training set has 3"):
+            train_mace(structures, epochs=1, settings=SETTINGS, energy_recorder=recorder)
+    no_energies = read_structures(emt_structures(3, 6), energy_key=None, forces_key="REF_forces")
+    with energy_recorder(3, tmp_path / "e3.h5") as recorder:
+        with pytest.raises(LTAUInputError, match="needs reference training energies"):
+            train_mace(
+                no_energies,
+                epochs=1,
+                settings=SETTINGS,
+                isolated_atom_energies={1: 0.0, 29: 0.0},
+                energy_recorder=recorder,
+            )

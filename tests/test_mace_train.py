@@ -11,15 +11,17 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("mace")
 
 from ltau import ErrorLog, LTAUEstimator
 from ltau._io import file_sha256
 from ltau.cli import main
+from ltau.energy import DEFAULT_CENTRING, ENERGY_CENTRINGS, open_energy_log
 from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.integrations.mace import TrainedMACE
-from ltau.integrations.mace_train import ConfigurationMatcher
+from ltau.integrations.mace_train import ConfigurationMatcher, MACETrainingLogger
 from ltau.integrations.model_files import check_fx_source, load_pickled_model
 from ltau.integrations.models import load_forcefield
 
@@ -102,6 +104,86 @@ def test_log_maps_every_atom_to_the_training_file(run):
     member = provenance["members"]["0"]
     assert member["epochs"] == 3 and member["unmatched_graphs"] == 0
     assert any(path.endswith("tiny.model") for path in member["model_files"])
+
+
+def test_energy_log_beside_the_force_log(run):
+    """mace's real batches reach the energy hook: every trained-on configuration has an energy
+    error in every epoch, the held-out ones none, centred by the default rule."""
+    with ErrorLog(run / "errors.h5") as forces:
+        held_out = forces.provenance["validation_configurations"]
+    with open_energy_log(run / "energy_errors.h5") as log:
+        errors, facts = log.to_array(), log.provenance
+    assert errors.shape == (3, N_TRAIN)
+    assert np.isnan(errors[:, held_out]).all()
+    assert np.isfinite(np.delete(errors, held_out, axis=1)).all()
+    assert facts["train_file_sha256"] == file_sha256(run / "train.xyz")
+    assert facts["centring"] == DEFAULT_CENTRING and len(facts["epoch_offsets"]) == 3
+
+
+class _Table(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("atomic_numbers", torch.tensor([1, 6, 8]))
+
+
+def _batch(frames: list, configs: list[int], rng: np.random.Generator, energy_weights: list[float]):
+    """mace-like (pred, ref) of ``configs`` of ``frames``, random predictions."""
+    chosen = [frames[c] for c in configs]
+    numbers = np.concatenate([a.numbers for a in chosen])
+    one_hot = torch.nn.functional.one_hot(
+        torch.as_tensor(np.searchsorted([1, 6, 8], numbers)), 3
+    ).double()
+    ref = {
+        "ptr": torch.as_tensor(np.concatenate([[0], np.cumsum([len(a) for a in chosen])])),
+        "node_attrs": one_hot,
+        "positions": torch.as_tensor(np.concatenate([a.positions for a in chosen])),
+        "forces": torch.as_tensor(np.concatenate([a.arrays["REF_forces"] for a in chosen])),
+        "forces_weight": torch.ones(len(chosen), dtype=torch.float64),
+        "energy": torch.as_tensor([a.info["REF_energy"] for a in chosen]),
+        "energy_weight": torch.as_tensor(energy_weights, dtype=torch.float64),
+    }
+    pred = {
+        "forces": ref["forces"] + torch.as_tensor(rng.normal(size=ref["forces"].shape)),
+        "energy": ref["energy"] + torch.as_tensor(rng.normal(size=len(chosen)) + 5.0),
+    }
+    return pred, ref
+
+
+@pytest.mark.parametrize("centring", ENERGY_CENTRINGS)
+def test_energy_hook_logs_each_steps_own_energy_errors(tmp_path, centring):
+    """What the hook logs is |E_pred - E_ref| of the forward pass mace hands the loss, at the
+    right configuration, minus the epoch's offset; unfitted energies are not logged."""
+    train = write_slice("train_300K", tmp_path / "train.xyz", 6)
+    frames = ase.io.read(train, ":")
+    logger = MACETrainingLogger(train, tmp_path / "errors.h5", energy_centring=centring)
+    rng = np.random.default_rng(4)
+    loss = logger.wrap_loss(lambda pred, ref: torch.zeros(()), _Table())
+    signed, steps = np.full(6, np.nan), []
+    for configs, weights in (([3, 0, 2], [1.0, 1.0, 0.0]), ([5, 1, 4], [1.0, 1.0, 1.0])):
+        pred, ref = _batch(frames, configs, rng, weights)
+        loss(pred, ref)
+        kept = np.array(weights) > 0
+        steps.append(np.array(configs)[kept])
+        signed[steps[-1]] = (pred["energy"] - ref["energy"]).numpy()[kept]
+    logger.wrap_train_one_epoch(lambda: None)()
+    logger.finish({})
+    fitted = np.isfinite(signed)
+    expected = np.abs(signed)
+    if centring == "batch_mean":
+        for step in steps:
+            expected[step] = np.abs(signed[step] - np.mean(signed[step]))
+        offset = np.mean([np.mean(signed[step]) for step in steps])
+    else:
+        offset = {"none": 0.0, "epoch_mean": np.mean(signed[fitted])}.get(centring)
+        if offset is None:
+            offset = np.median(signed[fitted])
+        expected = np.abs(signed - offset)
+    with open_energy_log(tmp_path / "energy_errors.h5") as log:
+        logged, facts = log.to_array()[0], log.provenance
+    np.testing.assert_array_equal(logged[fitted], expected[fitted].astype(np.float32))
+    assert np.isnan(logged[2])
+    assert facts["centring"] == centring and facts["trainer"] == "mace_run_train"
+    assert facts["epoch_offsets"] == [[0, float(offset)]]
 
 
 def test_ltau_run_on_the_model_mace_wrote(run, capsys):

@@ -12,6 +12,7 @@ pytest.importorskip("mace")
 from ltau import ErrorLog, LTAUEstimator
 from ltau.cli import main
 from ltau.demo.emt_data import make_md_dataset, write_extxyz
+from ltau.energy import open_energy_log
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,14 @@ def test_demo_on_user_files_writes_report(files, tmp_path):
     assert 0 <= in_domain["coverage90"] <= 1
     assert "force_rmse" not in hot and 0 <= hot["auroc_ood_score_vs_in_domain"] <= 1
     assert "png" in (out / "report.html").read_text()
+    # The energy log: one sample per fit configuration, one row per epoch of each model.
+    with open_energy_log(out / "energy_errors.h5") as energy_log:
+        assert energy_log.n_samples == report["training"]["n_fit_configs"] == 10
+        assert np.bincount(energy_log.members).tolist() == [2, 2]
+        assert np.all(np.isfinite(energy_log.to_array()))
+    energy_estimator = LTAUEstimator.load(out / "energy_estimator.h5")
+    assert energy_estimator.metadata_["unit"] == "eV per structure"
+    assert energy_estimator.n_features_in_ == estimator.n_features_in_
 
 
 def test_demo_input_errors(files, tmp_path, capsys):

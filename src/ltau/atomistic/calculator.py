@@ -25,7 +25,16 @@ and per structure (one number each):
 The structure's atoms form one group, so a calibrated estimator widens the distributions with
 the structure's mean OOD score too (see :meth:`ltau.estimator.LTAUEstimator.calibrate`).
 
-They are also copied into ``atoms.arrays`` of the calculated structure, because ASE's extxyz
+With an ``energy_estimator`` (an estimator over training structures fitted on their mean
+descriptors, see :mod:`ltau.energy`), two per-structure results are added:
+
+* ``ltau_expected_energy_error`` (eV per structure): expected ``|E_pred - E_ref|``,
+* ``ltau_energy_ood_score``: distance of the structure's mean descriptor to its k nearest
+  training structures'.
+
+These are also copied into ``atoms.info``, which the extxyz writer keeps.
+
+The per-atom results are also copied into ``atoms.arrays`` of the calculated structure, because ASE's extxyz
 writer only keeps result names it knows: ``ase.io.write(path, atoms, format="extxyz")`` then
 keeps them as per-atom columns; the per-structure results go into ``atoms.info``.
 """
@@ -43,12 +52,14 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from ltau._checks import tolerance
+from ltau.energy import structure_descriptors
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
 
 logger = logging.getLogger(__name__)
 
 PER_ATOM_RESULTS = ("ltau_expected_force_error", "ltau_p_exceed", "ltau_ood_score")
+ENERGY_RESULTS = ("ltau_expected_energy_error", "ltau_energy_ood_score")
 PER_STRUCTURE_RESULTS = (
     "ltau_structure_ood_score",
     "ltau_structure_ood_flag",
@@ -70,7 +81,9 @@ class ModelOutput:
 class LTAUCalculatorBase(Calculator):
     """ASE calculator: a force-field model plus a fitted LTAU estimator (abstract).
 
-    ``atol`` (eV/Å) is the tolerance of ``ltau_p_exceed``. Subclasses implement
+    ``atol`` (eV/Å) is the tolerance of ``ltau_p_exceed``. ``energy_estimator``: optional
+    estimator of per-structure energy errors (eV per structure) over the same model's mean
+    descriptors, for ``ltau_expected_energy_error``. Subclasses implement
     :meth:`evaluate_model` and :attr:`descriptor_size`, and call ``super().__init__`` after
     they have set up their model.
     """
@@ -81,37 +94,54 @@ class LTAUCalculatorBase(Calculator):
         "forces",
         "stress",
         *PER_ATOM_RESULTS,
+        *ENERGY_RESULTS,
         *PER_STRUCTURE_RESULTS,
     ]
     per_atom_results: ClassVar[tuple[str, ...]] = PER_ATOM_RESULTS
 
-    def __init__(self, estimator: LTAUEstimator, *, atol: float = 0.1, **kwargs) -> None:
+    def __init__(
+        self,
+        estimator: LTAUEstimator,
+        *,
+        atol: float = 0.1,
+        energy_estimator: LTAUEstimator | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if not isinstance(estimator, LTAUEstimator):
             raise LTAUInputError("estimator must be a fitted LTAUEstimator")
         atol = tolerance(atol)
+        self._check_estimator(estimator, "the estimator")
+        if energy_estimator is not None:
+            if not isinstance(energy_estimator, LTAUEstimator):
+                raise LTAUInputError("energy_estimator must be a fitted LTAUEstimator")
+            self._check_estimator(energy_estimator, "the energy estimator")
+        self.estimator = estimator
+        self.energy_estimator = energy_estimator
+        self.atol = atol
+
+    def _check_estimator(self, estimator: LTAUEstimator, what: str) -> None:
+        """Check ``estimator``'s descriptor width and recorded model fingerprint."""
         if estimator.n_features_in_ != self.descriptor_size:
             raise LTAUInputError(
-                f"the estimator was fitted on {estimator.n_features_in_}-dimensional descriptors "
+                f"{what} was fitted on {estimator.n_features_in_}-dimensional descriptors "
                 f"but this model gives {self.descriptor_size}"
             )
         expected = (getattr(estimator, "metadata_", None) or {}).get("model_sha256")
         found = self.model_fingerprint
         if not expected:
             logger.warning(
-                "the estimator records no model fingerprint (metadata 'model_sha256'), so it "
+                f"{what} records no model fingerprint (metadata 'model_sha256'), so it "
                 "cannot be checked to be fitted on this model's descriptors; fit it with "
                 "'ltau fit --descriptors <the .npz of ltau descriptors>' or save it with that "
                 "metadata"
             )
         if expected and found and expected != found:
             raise LTAUInputError(
-                "the estimator was fitted on the descriptors of another model: it records "
+                f"{what} was fitted on the descriptors of another model: it records "
                 f"model SHA-256 {str(expected)[:16]}..., this model's weights give "
                 f"{found[:16]}..."
             )
-        self.estimator = estimator
-        self.atol = atol
 
     @property
     def model_fingerprint(self) -> str | None:
@@ -156,6 +186,12 @@ class LTAUCalculatorBase(Calculator):
             "ltau_structure_ood_score": float(structure.structure_ood_score[0]),
             "ltau_structure_max_expected_force_error": float(structure.max_expected_error[0]),
         }
+        if self.energy_estimator is not None:
+            energy = self.energy_estimator.predict(
+                structure_descriptors(output.descriptors, groups)
+            )
+            self.results["ltau_expected_energy_error"] = float(energy.expected_error[0])
+            self.results["ltau_energy_ood_score"] = float(energy.ood_score[0])
         if structure.ood_flag is not None:
             self.results["ltau_structure_ood_flag"] = float(structure.ood_flag[0])
         if output.stress is not None:
@@ -165,6 +201,6 @@ class LTAUCalculatorBase(Calculator):
         if atoms is not None:
             for name in self.per_atom_results:
                 atoms.arrays[name] = np.asarray(self.results[name], dtype=np.float64)
-            for name in PER_STRUCTURE_RESULTS:
+            for name in (*PER_STRUCTURE_RESULTS, *ENERGY_RESULTS):
                 if name in self.results:
                     atoms.info[name] = self.results[name]

@@ -21,6 +21,13 @@ exceeds the validated threshold, and the largest expected force error of its ato
 scored by Spearman against the structure's largest true force error. Any force field plugs in through :func:`run_pipeline`:
 its error log and an ``evaluate(structures, progress)`` function returning descriptors and
 force errors.
+
+Energy uncertainty (optional, with a per-configuration energy log, see :mod:`ltau.energy`):
+an estimator over training structures' mean descriptors, with the force estimator's burn-in,
+k chosen by validation CRPS, widened and calibrated on the validation structures; each
+labelled test set then gets an ``energy`` block: ``ltau_expected_energy_error`` statistics
+(eV per structure), its Spearman against the true ``|E_pred - E_ref|``, miscalibration area
+and 90% coverage.
 """
 
 from __future__ import annotations
@@ -37,6 +44,13 @@ import numpy as np
 from ltau import metrics
 from ltau.atomistic.structures import LabelledStructures
 from ltau.distributions import ErrorDistributions
+from ltau.energy import (
+    ENERGY_UNIT,
+    check_energy_log,
+    energy_errors,
+    fit_energy_estimator,
+    structure_descriptors,
+)
 from ltau.estimator import GroupSummary, LTAUEstimator, LTAUPrediction
 from ltau.exceptions import LTAUInputError
 from ltau.recording import ErrorLog, ErrorRecorder
@@ -139,6 +153,8 @@ def run_pipeline(
     started: float | None = None,
     samples: np.ndarray | None = None,
     model_facts: dict | None = None,
+    energy_log: ErrorLog | ErrorRecorder | None = None,
+    energy_samples: np.ndarray | None = None,
 ) -> dict:
     """The model-agnostic half of LTAU-FF, for any force field trained on ``fit_set`` with its
     per-atom errors recorded in ``errors`` (a recorder with a log file, or an open log; one
@@ -158,7 +174,10 @@ def run_pipeline(
     ``samples``: the log sample of every ``fit_set`` atom ``(fit_set.n_atoms,)``, when the log
     holds more (a trainer's log of its whole training file; default: all samples, in order);
     ``model_facts`` (e.g. ``model_sha256``, the fingerprint of the model's weights, which the
-    calculators check) are stored with the estimator.
+    calculators check) are stored with the estimator. ``energy_log``: the per-configuration
+    energy-error log (:func:`ltau.energy.energy_recorder`) with ``energy_samples``, the log
+    sample of every ``fit_set`` configuration (default: all, in order); it adds
+    ``energy_estimator.h5`` and each labelled test set's ``energy`` metrics.
     """
     started = time.perf_counter() if started is None else started
     check_in_domain(tests, in_domain)
@@ -168,6 +187,16 @@ def run_pipeline(
             f"the error log has {n_samples} samples for the training structures' "
             f"{fit_set.n_atoms} atoms"
         )
+    if energy_log is not None:
+        n_configs = len(fit_set.atoms)
+        check_energy_log(energy_log, None if energy_samples is not None else n_configs)
+        if energy_samples is not None and len(energy_samples) != n_configs:
+            raise LTAUInputError(
+                f"energy_samples names {len(energy_samples)} log samples for the training "
+                f"structures' {n_configs} configurations"
+            )
+        if fit_set.energies is None or validation.energies is None:
+            raise LTAUInputError("energy uncertainty needs reference energies of every structure")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     candidates = burn_in_candidates(errors, n_bins=n_bins, progress=True, samples=samples)
@@ -204,6 +233,34 @@ def run_pipeline(
         },
     )
     results, sets = _evaluate_tests(evaluate, estimator, tests, atol, in_domain)
+    energy_choice = None
+    if energy_log is not None:
+        energy_estimator, energy_choice = _fit_energy(
+            energy_log,
+            energy_samples,
+            fit_set,
+            fit_eval,
+            validation,
+            validation_eval,
+            selection["skip_epochs"],
+            n_bins,
+            calibration,
+        )
+        energy_estimator.save(
+            output_dir / "energy_estimator.h5",
+            metadata={
+                "error": "|E_pred - E_ref| per structure",
+                "unit": ENERGY_UNIT,
+                "structure_descriptor": "mean of the atoms' descriptors",
+                "skip_epochs": selection["skip_epochs"],
+                **(model_facts or {}),
+            },
+        )
+        for name, structures in tests.items():
+            if structures.energies is not None:
+                results[name]["energy"] = energy_metrics(
+                    energy_estimator, evaluate(structures, False), structures
+                )
     report = {
         "training": training,
         "chosen_on_validation": {
@@ -216,6 +273,7 @@ def run_pipeline(
             "calibration": calibration,
             "atol_eV_per_A": atol,
             "atol_rule": f"{ATOL_QUANTILE:.0%} quantile of validation force errors",
+            **({"energy": energy_choice} if energy_choice is not None else {}),
             "structure_scoring": (
                 None
                 if estimator.structure_scoring_ is None
@@ -382,6 +440,59 @@ def fit_ltau(
     )
     atol = float(np.quantile(validation.force_errors, ATOL_QUANTILE))
     return estimator, selection, atol
+
+
+def _fit_energy(
+    energy_log: ErrorLog | ErrorRecorder,
+    energy_samples: np.ndarray | None,
+    fit_set: LabelledStructures,
+    fit_eval: Evaluation,
+    validation: LabelledStructures,
+    validation_eval: Evaluation,
+    skip_epochs: int,
+    n_bins: int,
+    calibration: str,
+) -> tuple[LTAUEstimator, dict]:
+    """The energy estimator (see :func:`ltau.energy.fit_energy_estimator`) on the fit set's
+    structure descriptors and the energy log's distributions after ``skip_epochs``."""
+    distributions = energy_log.distributions(
+        n_bins=n_bins, skip_epochs=skip_epochs, samples=energy_samples
+    )
+    return fit_energy_estimator(
+        structure_descriptors(fit_eval.descriptors, fit_set.index.configuration_of_atoms),
+        distributions,
+        structure_descriptors(validation_eval.descriptors, validation.index.configuration_of_atoms),
+        energy_errors(_energies(validation_eval), validation.energies),
+        calibration=calibration,
+    )
+
+
+def energy_metrics(
+    energy_estimator: LTAUEstimator, evaluation: Evaluation, structures: LabelledStructures
+) -> dict:
+    """A labelled set's energy-uncertainty metrics: Spearman of ``ltau_expected_energy_error``
+    against ``|E_pred - E_ref|`` (eV per structure), miscalibration area, 90% coverage, CRPS."""
+    queries = structure_descriptors(evaluation.descriptors, structures.index.configuration_of_atoms)
+    observed = energy_errors(_energies(evaluation), structures.energies)
+    prediction = energy_estimator.predict(queries, confidence=CONFIDENCE, return_pdf=True)
+    pit = energy_estimator.probability_integral_transform(queries, observed)
+    bundle = prediction.uq_metrics(observed, pit=pit)
+    bundle.pop("n")
+    return {
+        "unit": ENERGY_UNIT,
+        "n_structures": int(observed.size),
+        "energy_mae": float(observed.mean()),
+        "mean_ltau_expected_energy_error": float(prediction.expected_error.mean()),
+        **bundle,
+    }
+
+
+def _energies(evaluation: Evaluation) -> np.ndarray:
+    """The predicted energies (eV) of an evaluation, which the energy route needs."""
+    energies = getattr(evaluation, "energies", None)
+    if energies is None:
+        raise LTAUInputError("energy uncertainty needs the model's predicted energies")
+    return np.asarray(energies)
 
 
 def _labelled_metrics(

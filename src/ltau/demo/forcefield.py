@@ -5,6 +5,7 @@ validation split), on a built-in EMT dataset or on the user's own extxyz files.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from ltau.atomistic.structures import (
     read_structures,
 )
 from ltau.demo.emt_data import default_splits, isolated_atom_energies, write_extxyz
+from ltau.energy import ENERGY_LOG_NAME, energy_recorder
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
 from ltau.integrations.mace import MACESettings, TrainedMACE, evaluate_mace, train_mace
@@ -66,7 +68,8 @@ def run_forcefield_pipeline(
 ) -> dict:
     """Split off the validation set, train ltau's MACE on the rest with error logging, then
     :func:`~ltau.atomistic.pipeline.run_pipeline`; write ``output_dir`` (report, metrics,
-    model, estimator, log) and return the metrics dictionary."""
+    model, estimator, force log and, with training energies, the energy log and energy
+    estimator) and return the metrics dictionary."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     check_in_domain(tests, config.in_domain)
@@ -76,9 +79,15 @@ def run_forcefield_pipeline(
     fit_set, validation = split_validation(
         train, config.validation_fraction, config.seed, config.validation_group_keys
     )
-    with ErrorRecorder(
-        fit_set.n_atoms, log_path=output_dir / "errors.h5", overwrite=True
-    ) as recorder:
+    with contextlib.ExitStack() as logs:
+        recorder = logs.enter_context(
+            ErrorRecorder(fit_set.n_atoms, log_path=output_dir / "errors.h5", overwrite=True)
+        )
+        energy_log = None
+        if fit_set.energies is not None:
+            energy_log = logs.enter_context(
+                energy_recorder(len(fit_set.atoms), output_dir / ENERGY_LOG_NAME, overwrite=True)
+            )
         members = [
             train_mace(
                 fit_set,
@@ -87,6 +96,7 @@ def run_forcefield_pipeline(
                 isolated_atom_energies=isolated_atom_energies,
                 recorder=recorder,
                 member=member,
+                energy_recorder=energy_log,
                 device=config.device,
             )
             for member in range(config.n_models)
@@ -109,6 +119,7 @@ def run_forcefield_pipeline(
             calibration=config.calibration,
             title=title,
             n_bins=config.n_bins,
+            energy_log=energy_log,
             group_keys=config.validation_group_keys,
             started=started,
         )

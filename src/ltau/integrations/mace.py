@@ -44,6 +44,7 @@ from ltau._checks import positive_number
 from ltau._io import atomic_path
 from ltau.atomistic.calculator import LTAUCalculatorBase, ModelOutput
 from ltau.atomistic.structures import ForceFieldEvaluation, LabelledStructures
+from ltau.energy import EnergyRecorder
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.integrations._trained import TrainingTimes
@@ -229,6 +230,7 @@ def train_mace(
     isolated_atom_energies: dict[int, float] | None = None,
     recorder: ErrorRecorder | None = None,
     member: int = 0,
+    energy_recorder: EnergyRecorder | None = None,
     config_weights: np.ndarray | None = None,
     progress: bool = True,
     device: str = "cpu",
@@ -238,7 +240,9 @@ def train_mace(
 
     ``isolated_atom_energies``: E0s by atomic number (eV); without them they are fitted by
     least squares on the training energies. ``recorder`` must have one sample per training
-    atom; its epoch is closed with ``member``. ``config_weights``: a loss weight per
+    atom; its epoch is closed with ``member``. ``energy_recorder`` (one sample per training
+    configuration, see :func:`ltau.energy.energy_recorder`) gets each configuration's signed
+    ``E_pred - E_ref`` (eV per structure) from the same forward pass and logs it centred. ``config_weights``: a loss weight per
     configuration ``(n_configs,)``, finite, >= 0, not all 0 (mace's per-configuration
     ``weight``, multiplying both the energy and the force terms; it replaces any
     ``config_weight`` in ``atoms.info``); default: all 1.
@@ -254,6 +258,15 @@ def train_mace(
             f"the recorder has {recorder.n_samples} samples but the training set has "
             f"{structures.n_atoms} atoms (one sample per atom)"
         )
+    if energy_recorder is not None:
+        if structures.energies is None:
+            raise LTAUInputError("recording energy errors needs reference training energies")
+        if energy_recorder.n_samples != len(structures.atoms):
+            raise LTAUInputError(
+                f"the energy recorder has {energy_recorder.n_samples} samples but the training "
+                f"set has {len(structures.atoms)} configurations (one sample per configuration)"
+            )
+    configuration_of_atoms = torch.as_tensor(structures.index.configuration_of_atoms)
     torch.manual_seed(settings.seed)
     with default_dtype(settings.dtype):
         z_table = AtomicNumberTable(sorted(set(structures.atomic_numbers.tolist())))
@@ -289,10 +302,20 @@ def train_mace(
                     errors = torch.linalg.vector_norm(output["forces"] - batch.forces, dim=1)
                     recorder.record(batch.atom_ids.cpu().numpy(), errors.detach().cpu().numpy())
                     logging += time.perf_counter() - logged
+                if energy_recorder is not None:
+                    logged = time.perf_counter()
+                    first_atoms = batch.atom_ids[batch.ptr[:-1]].cpu()
+                    signed = (output["energy"] - batch.energy).detach().cpu()
+                    energy_recorder.record(
+                        configuration_of_atoms[first_atoms].numpy(), signed.numpy()
+                    )
+                    logging += time.perf_counter() - logged
+            logged = time.perf_counter()
             if recorder is not None:
-                logged = time.perf_counter()
                 recorder.end_epoch(member)
-                logging += time.perf_counter() - logged
+            if energy_recorder is not None:
+                energy_recorder.end_epoch(member)
+            logging += time.perf_counter() - logged
             trained.epoch_seconds.append(time.perf_counter() - started)
             trained.logging_seconds.append(logging)
         trained.model = averaged.module  # the exponential moving average of the weights

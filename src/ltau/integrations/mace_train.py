@@ -6,7 +6,11 @@ calls the loss object with every training step's predictions. While :func:`run_m
 runs mace's ``run(args)``, those three names (and ``evaluate``, to see mace's validation set)
 are wrapped in place; nothing of mace is patched on disk or copied, and every mace option
 keeps its meaning. The per-atom force-error norm ``||F_pred - F_ref||_2`` (eV/Å) comes from the
-training step's own forward pass.
+training step's own forward pass, and so does each configuration's signed energy error
+``E_pred - E_ref`` (eV per structure), logged centred (:class:`ltau.energy.EnergyRecorder`) in
+an energy log beside the force log (:func:`ltau.energy.energy_log_path`); configurations
+whose energy mace does not fit (``energy_weight`` 0) are not recorded there, and a file
+without energies gets no energy log.
 
 mace's batches carry no configuration index, so each graph is matched to its configuration of
 the training file by its atoms (:class:`~ltau.atomistic.matching.ConfigurationMatcher`: count,
@@ -37,6 +41,7 @@ import torch
 
 from ltau._io import file_sha256
 from ltau.atomistic.matching import ConfigurationMatcher
+from ltau.energy import DEFAULT_CENTRING, EnergyRecorder, check_energy_log, energy_log_path
 from ltau.exceptions import LTAUFileError, LTAUInputError
 from ltau.integrations.model_files import load_pickled_model
 from ltau.recording import ErrorRecorder
@@ -59,7 +64,10 @@ class MACETrainingLogger:
 
     ``train_file``: the extxyz file mace trains on (``--train_file``); its atoms are the log's
     samples. ``log_path``: the error log to write (``overwrite`` to replace one; ``member``
-    to add another model's epochs to an existing log of the same file).
+    to add another model's epochs to an existing log of the same file). The energy log, one
+    sample per configuration of the file, goes to :func:`ltau.energy.energy_log_path` of
+    ``log_path``, created at the first step with a fitted energy, its errors centred by
+    ``energy_centring``.
     """
 
     def __init__(
@@ -69,6 +77,7 @@ class MACETrainingLogger:
         *,
         member: int = 0,
         overwrite: bool = False,
+        energy_centring: str = DEFAULT_CENTRING,
     ) -> None:
         import ase.io
 
@@ -95,6 +104,10 @@ class MACETrainingLogger:
         configuration = np.repeat(np.arange(sizes.size), sizes)
         atom = np.arange(sizes.sum()) - np.repeat(self.matcher.offsets[:-1], sizes)
         log_path = Path(log_path)
+        self.energy_log_path = energy_log_path(log_path)
+        self.energy_centring = energy_centring
+        self.overwrite = overwrite
+        self.energy_recorder: EnergyRecorder | None = None
         if member > 0 or (log_path.exists() and not overwrite):
             self.recorder = self._resume(log_path)
         else:
@@ -113,12 +126,12 @@ class MACETrainingLogger:
         self._epoch_logging = 0.0
         self._seen_loaders: set[int] = set()
 
-    def _resume(self, log_path: Path) -> ErrorRecorder:
+    def _resume(self, log_path: Path, kind: type[ErrorRecorder] = ErrorRecorder) -> ErrorRecorder:
         if not log_path.exists():
             raise LTAUFileError(
                 f"member {self.member} adds to an existing log: {log_path} is absent"
             )
-        recorder = ErrorRecorder.resume(log_path)
+        recorder = kind.resume(log_path)
         stored = recorder.provenance.get("train_file_sha256")
         if stored != self.sha256:
             recorder.close()
@@ -164,21 +177,53 @@ class MACETrainingLogger:
         positions = ref["positions"].detach().cpu().numpy().astype(np.float64)
         weights = ref["forces_weight"].detach().cpu().numpy()
         errors = errors.cpu().numpy()
+        configs = np.array(
+            [
+                self.matcher.match(numbers[ptr[g] : ptr[g + 1]], positions[ptr[g] : ptr[g + 1]])
+                for g in range(len(ptr) - 1)
+            ],
+            dtype=np.int64,
+        )
+        self.n_unmatched_graphs += int(np.count_nonzero(configs < 0))
+        self.trained_configs.update(configs[configs >= 0].tolist())
         ids, values = [], []
-        for graph in range(len(ptr) - 1):
-            start, stop = ptr[graph], ptr[graph + 1]
-            config = self.matcher.match(numbers[start:stop], positions[start:stop])
-            if config < 0:
-                self.n_unmatched_graphs += 1
-                continue
-            self.trained_configs.add(config)
-            if weights[graph] == 0:
-                continue  # mace ignores these forces: no reference to err from
+        for graph, config in enumerate(configs):
+            if config < 0 or weights[graph] == 0:
+                continue  # replay data, or forces mace ignores: no reference to err from
             first = self.matcher.offsets[config]
-            ids.append(np.arange(first, first + stop - start))
-            values.append(errors[start:stop])
+            ids.append(np.arange(first, first + ptr[graph + 1] - ptr[graph]))
+            values.append(errors[ptr[graph] : ptr[graph + 1]])
         if ids:
             self.recorder.record(np.concatenate(ids), np.concatenate(values))
+        self._record_energies(pred, ref, configs)
+
+    def _record_energies(self, pred: dict, ref: Any, configs: np.ndarray) -> None:
+        """Each matched graph's signed ``E_pred - E_ref`` (eV per structure) into the energy
+        log, for graphs whose energy mace fits (``energy_weight`` > 0); ``configs``
+        ``(n_graphs,)``: each graph's configuration, -1 for none."""
+        if pred.get("energy") is None or "energy_weight" not in ref:
+            return
+        signed = (pred["energy"].detach() - ref["energy"]).cpu().numpy().astype(np.float64)
+        fitted = (configs >= 0) & (ref["energy_weight"].detach().cpu().numpy() != 0)
+        if fitted.any():
+            self._energy_log().record(configs[fitted], signed[fitted])
+
+    def _energy_log(self) -> EnergyRecorder:
+        """The energy log, opened at its first use (resumed for a member > 0)."""
+        if self.energy_recorder is None:
+            path = self.energy_log_path
+            if self.member > 0 or (path.exists() and not self.overwrite):
+                self.energy_recorder = self._resume(path, EnergyRecorder)
+                check_energy_log(self.energy_recorder, int(self.matcher.sizes.size))
+            else:
+                self.energy_recorder = EnergyRecorder(
+                    int(self.matcher.sizes.size),
+                    path,
+                    centring=self.energy_centring,
+                    overwrite=self.overwrite,
+                    provenance=self._provenance({}),
+                )
+        return self.energy_recorder
 
     def wrap_take_step(self, take_step: Callable) -> Callable:
         @functools.wraps(take_step)
@@ -204,6 +249,8 @@ class MACETrainingLogger:
                     f"no atom of {self.train_file} was seen in this training epoch: are the "
                     "training data mace used read from it? ({exc})"
                 ) from exc
+            if self.energy_recorder is not None:
+                self.energy_recorder.end_epoch(self.member, allow_missing=True)
             self._epoch_logging += time.perf_counter() - closing
             self.epoch_seconds.append(time.perf_counter() - started)
             self.logging_seconds.append(self._epoch_logging)
@@ -280,7 +327,19 @@ class MACETrainingLogger:
         )
         self.recorder.set_provenance(provenance)
         self.recorder.close()
+        if self.energy_recorder is not None:
+            energy = self.energy_recorder.provenance
+            self.energy_recorder.set_provenance(
+                provenance | {k: energy[k] for k in ("error", "unit", "centring", "epoch_offsets")}
+            )
+            self.energy_recorder.close()
         return provenance
+
+    def close(self) -> None:
+        """Close the logs (after a failed run)."""
+        self.recorder.close()
+        if self.energy_recorder is not None:
+            self.energy_recorder.close()
 
 
 def _bind(function: Callable, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -344,21 +403,30 @@ def run_mace_train(
     member: int = 0,
     overwrite: bool = False,
     trusted: bool = False,
+    energy_centring: str = DEFAULT_CENTRING,
 ) -> dict[str, Any]:
     """Run ``mace_run_train`` with ``mace_argv`` (its own parser, loop and outputs), recording
-    every training atom's force-error norm per epoch into ``log_path``; return the log's
+    every training atom's force-error norm per epoch into ``log_path`` and every
+    configuration's energy error into the energy log beside it (centred by
+    ``energy_centring``, see :class:`ltau.energy.EnergyRecorder`); return the force log's
     provenance (see the module docstring). ``trusted``: accept a foundation model that cannot
     be loaded without running code."""
     from mace.cli import run_train
 
     args = parse_mace_arguments(mace_argv, trusted=trusted)
-    recording = MACETrainingLogger(args.train_file, log_path, member=member, overwrite=overwrite)
+    recording = MACETrainingLogger(
+        args.train_file,
+        log_path,
+        member=member,
+        overwrite=overwrite,
+        energy_centring=energy_centring,
+    )
     started = time.perf_counter()
     try:
         with recording.installed():
             run_train.run(args)
     except BaseException:
-        recording.recorder.close()
+        recording.close()
         raise
     model_dir = Path(args.model_dir or ".")
     written = sorted(
