@@ -62,6 +62,7 @@ from ltau import ErrorLog, ErrorRecorder, LTAUEstimator, metrics
 from ltau.atomistic.pipeline import VALIDATION_GROUP_KEYS, run_groups, split_validation
 from ltau.atomistic.structures import read_structures
 from ltau.demo.emt_data import default_splits, isolated_atom_energies
+from ltau.energy import ENERGY_LOG_NAME, energy_recorder
 from ltau.integrations.mace import MACESettings, TrainedMACE, evaluate_mace, train_mace
 from ltau.selection import (
     DISTANCE_SCALES,
@@ -133,11 +134,14 @@ def train_members(
         "seed": seed,
         "validation_fraction": 0.1,
         "validation_group_keys": list(VALIDATION_GROUP_KEYS),
+        "energy_log": ENERGY_LOG_NAME,
     }
     record = work_dir / "training.json"
     log_path = work_dir / "errors.h5"
+    energy_log_path = work_dir / ENERGY_LOG_NAME
     model_paths = [work_dir / f"model{member}.pt" for member in range(members)]
-    if record.exists() and log_path.exists() and all(path.exists() for path in model_paths):
+    kept = [record, log_path, energy_log_path, *model_paths]
+    if all(path.exists() for path in kept):
         stored = json.loads(record.read_text())
         if stored["settings"] == settings and len(stored["train_seconds"]) >= members:
             print(f"{name}: reusing the {members} models trained earlier in {work_dir}")
@@ -145,6 +149,7 @@ def train_members(
             return models, log_path, stored["train_seconds"][:members]
     fit_set, _ = split_validation(train, 0.1, seed)
     recorder = ErrorRecorder(fit_set.n_atoms, log_path=log_path, overwrite=True)
+    energies = energy_recorder(len(fit_set.atoms), energy_log_path, overwrite=True)
     models, train_seconds = [], []
     for member in range(members):
         started = time.perf_counter()
@@ -155,11 +160,13 @@ def train_members(
             isolated_atom_energies=e0s,
             recorder=recorder,
             member=member,
+            energy_recorder=energies,
         )
         train_seconds.append(time.perf_counter() - started)
         model.save(model_paths[member])
         models.append(model)
     recorder.close()
+    energies.close()
     record.write_text(json.dumps({"settings": settings, "train_seconds": train_seconds}))
     return models, log_path, train_seconds
 
