@@ -529,7 +529,7 @@ def remove_one_atom(
     eligible = [index for index, mask in enumerate(candidates) if mask.any()]
     if len(eligible) < n:
         raise LTAUInputError(
-            f"only {len(eligible)} of the {len(frames)} frames can lose a {remove} atom; "
+            f"only {len(eligible)} of the {len(frames)} frames have a removable {remove} atom; "
             f"{n} were asked for"
         )
     rng = np.random.default_rng(_seed_sequence(seed))
