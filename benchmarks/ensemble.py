@@ -140,7 +140,10 @@ def load_dataset(name: str, seed: int):
             "H_transfer": read_structures(ACAC / "test_H_transfer.xyz", **energies_only),
             "dihedral": read_structures(ACAC / "test_dihedral.xyz", **energies_only),
             "radicals": read_structures(
-                radicals(ACAC / "test_MD_300K.xyz", seed), energy_key=None, forces_key=None
+                radicals(ACAC / "test_MD_300K.xyz", seed),
+                energy_key=None,
+                forces_key=None,
+                require_forces=False,
             ),
         }
         isolated = read_structures(
