@@ -5,7 +5,9 @@ layer(s) held fixed) carrying one adsorbate (H, C, N, O, OH, CO, NO, CH, NH) on 
 ``bridge``, ``fcc`` or ``hcp`` site. They are sampled by Langevin molecular dynamics
 (:func:`make_md_dataset`), along BFGS/FIRE relaxations (:func:`make_relaxation_frames`), or left
 unlabelled as starting points of a relaxation benchmark (:func:`make_initial_structures`).
-:func:`default_splits` assembles the built-in dataset of ltau's demo.
+:func:`default_splits` assembles the built-in dataset of ltau's demo; :func:`shifted_test_sets`
+adds named shifted test sets beside it (hotter MD, unseen pairs, fcc(100) slabs, vacancies and
+radical-like adsorbates, the last two by :func:`remove_one_atom`).
 
 Labels. The oracle is ASE's effective-medium-theory calculator (:class:`ase.calculators.emt.EMT`;
 elements Al, Cu, Ag, Au, Ni, Pd, Pt, H, C, N, O). Every labelled frame stores
