@@ -10,7 +10,10 @@ metrics:
   ``u = sqrt(mean_m ||F_m - F_mean||^2)`` (eV/Å), read as an isotropic Gaussian force error
   with ``E||e||^2 = u^2``, i.e. ``||e||`` Maxwell-distributed with scale ``u / sqrt(3)``;
 * ``distance``: the OOD score (mean distance to the k nearest training atoms) in place of
-  ``u`` in the same Maxwell form (its unit is fixed by the calibration's scale).
+  ``u`` in the same Maxwell form (its unit is fixed by the calibration's scale);
+* an ensemble's *energy* spread ``s`` (standard deviation of the M members' energies of a
+  structure, eV) read as a Gaussian energy error, i.e. ``|E error|`` half-normal with scale
+  ``s`` (:func:`half_normal_mass`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,28 @@ def maxwell_mass(scale: np.ndarray, bins: Bins) -> np.ndarray:
     cdf = erf(x / np.sqrt(2)) - np.sqrt(2 / np.pi) * x * np.exp(-(x**2) / 2)
     cdf[:, 0], cdf[:, -1] = 0.0, 1.0
     return np.maximum(np.diff(cdf, axis=1), 0.0)  # the CDF is monotone; guard rounding
+
+
+def half_normal_mass(scale: np.ndarray, bins: Bins) -> np.ndarray:
+    """Bin masses ``(n, n_bins)`` of ``|e|`` for ``e ~ N(0, s^2)`` with ``s = scale``
+    (first and last bins take the mass outside the edges, as in :func:`maxwell_mass`)."""
+    scale = np.asarray(scale, dtype=np.float64)
+    if scale.ndim != 1 or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        raise LTAUInputError("scales must be a 1-D array of positive finite numbers")
+    cdf = erf(bins.edges[None, :] / (np.sqrt(2.0) * scale[:, None]))
+    cdf[:, 0], cdf[:, -1] = 0.0, 1.0
+    return np.maximum(np.diff(cdf, axis=1), 0.0)
+
+
+def structure_max(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each structure's largest per-atom value, ``(n_structures,)``: ``values`` ``(n_atoms,)``,
+    ``groups`` the structure ``0 .. n_structures - 1`` of each atom."""
+    groups = np.asarray(groups, dtype=np.int64)
+    if groups.shape != np.shape(values) or groups.size == 0 or groups.min() < 0:
+        raise LTAUInputError("groups must be one non-negative structure label per value")
+    result = np.full(int(groups.max()) + 1, -np.inf)
+    np.maximum.at(result, groups, values)
+    return result
 
 
 @dataclass

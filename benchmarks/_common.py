@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import ase
+import ase.io
+import numpy as np
+
 
 def headline_metrics(
     report: dict, in_domain: str, shifted: str, ood_only: tuple[str, ...] = ()
@@ -31,3 +37,23 @@ def headline_metrics(
     summary["epoch_seconds_mean"] = report["training"]["epoch_seconds_mean"]
     summary["wall_seconds"] = report["wall_seconds"]
     return summary
+
+
+def positions_only(atoms: ase.Atoms) -> ase.Atoms:
+    """A copy of ``atoms`` with its positions, cell and info but no reference labels."""
+    copy = ase.Atoms(atoms.get_chemical_symbols(), atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    copy.info.update(atoms.info)
+    return copy
+
+
+def radicals(path: Path, seed: int) -> list[ase.Atoms]:
+    """Every frame of ``path`` with one randomly chosen H atom removed (unlabelled)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for atoms in ase.io.read(path, ":"):
+        hydrogens = [i for i, symbol in enumerate(atoms.get_chemical_symbols()) if symbol == "H"]
+        radical = positions_only(atoms)
+        del radical[int(rng.choice(hydrogens))]
+        radical.info["config_type"] = "radical"
+        frames.append(radical)
+    return frames

@@ -26,8 +26,7 @@ import tempfile
 from pathlib import Path
 
 import ase.io
-import numpy as np
-from _common import headline_metrics
+from _common import headline_metrics, positions_only, radicals
 
 from ltau.calibration import CALIBRATION_METHODS
 from ltau.demo.forcefield import PipelineConfig, run_files
@@ -65,9 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
         counts[f"n_{name.lower()}_high"] = len(high)
         if high:
             tests[f"{name}_high"] = derived / f"{name}_high.xyz"
-            ase.io.write(tests[f"{name}_high"], [_positions_only(a) for a in high])
+            ase.io.write(tests[f"{name}_high"], [positions_only(a) for a in high])
     tests["radicals"] = derived / "radicals.xyz"
-    ase.io.write(tests["radicals"], _radicals(tests["test_MD_300K"], args.seed))
+    ase.io.write(tests["radicals"], radicals(tests["test_MD_300K"], args.seed))
     config = PipelineConfig(
         epochs=args.epochs,
         settings=MACESettings(seed=args.seed),
@@ -101,26 +100,6 @@ def main(argv: list[str] | None = None) -> dict:
     (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return summary
-
-
-def _positions_only(atoms: ase.Atoms) -> ase.Atoms:
-    """A copy of ``atoms`` with its positions, cell and info but no reference labels."""
-    copy = ase.Atoms(atoms.get_chemical_symbols(), atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    copy.info.update(atoms.info)
-    return copy
-
-
-def _radicals(path: Path, seed: int) -> list[ase.Atoms]:
-    """Every frame of ``path`` with one randomly chosen H atom removed (unlabelled)."""
-    rng = np.random.default_rng(seed)
-    radicals = []
-    for atoms in ase.io.read(path, ":"):
-        hydrogens = [i for i, symbol in enumerate(atoms.get_chemical_symbols()) if symbol == "H"]
-        radical = _positions_only(atoms)
-        del radical[int(rng.choice(hydrogens))]
-        radical.info["config_type"] = "radical"
-        radicals.append(radical)
-    return radicals
 
 
 if __name__ == "__main__":

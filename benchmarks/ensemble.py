@@ -1,8 +1,8 @@
 """LTAU versus a MACE ensemble and plain descriptor distance: uncertainty quality, cost and the
 ablation of LTAU's variants, over several seeds.
 
-For each dataset (acac DFT: train_300K -> test_MD_300K / test_MD_600K; the built-in EMT set:
-train -> test_in_domain / test_shifted), M MACE models are trained with seeds ``seed + m`` on
+For each dataset (acac DFT: train_300K -> test_MD_300K in-domain; the built-in EMT set:
+train -> test_in_domain), M MACE models are trained with seeds ``seed + m`` on
 the same 90% of the training file, all recording their per-atom force errors into one log.
 Every choice is made on the remaining 10% (the validation split; whole MD runs and relaxations
 where the frames name theirs, as the EMT ones do): the burn-in and k (2-fold cross-validated
@@ -21,6 +21,24 @@ quantile of validation errors). Methods, on the same test atoms:
 * ``ltau_published``       - the method as published: kNN mixture, then isotonic calibration;
 * ``distance``             - the model's mean distance to the k nearest training atoms alone;
 * ``ensemble``             - spread of the M force vectors (target: the ensemble mean's error).
+
+Shifted sets, each scored against the in-domain test set. acac: ``shifted`` (test_MD_600K),
+``train_600K``, ``H_transfer`` and ``dihedral`` (energies only), ``radicals`` (every in-domain
+frame with one H removed; unlabelled). EMT: ``shifted`` (the demo's test_shifted) and the named
+sets of :func:`ltau.demo.emt_data.shifted_test_sets` (``md_900K``, ``md_1200K``,
+``unseen_pairs``, ``fcc100``, ``vacancies``, ``radicals``; EMT-labelled). Per method and set:
+the per-atom metrics of labelled sets (cov90, miscalibration area and the *uncalibrated* one
+beside it, Spearman, AUROC err>atol, AUSE, CRPS) and, on every shifted set, the OOD AUROC
+against the in-domain test set per atom (the calibrated expected error for LTAU, the raw
+distance or force spread for the baselines) and per structure (LTAU: the estimator's
+``per_structure(...).structure_ood_score``; baselines: the structure's largest atom score).
+
+Energy (sets with reference energies): the ensemble's energy spread (standard deviation of the
+M members' energies, read as a half-normal |E error| and calibrated on validation) against
+the ensemble mean's |E error|, and each single model's LTAU energy estimator
+(:func:`ltau.energy.fit_energy_estimator` on its training structures' descriptors and its own
+epochs of ``energy_errors.h5``, with the force estimator's burn-in) against that model's
+|E error|: Spearman, cov90, miscalibration area (calibrated and not), CRPS, in eV per structure.
 
 The single-model methods are repeated for models 0 .. n_seeds-1 (each as "the" model, with its
 own trajectories and descriptors); the ensemble is the one M-member ensemble. Costs are
@@ -41,6 +59,7 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -53,15 +72,25 @@ from _baselines import (
     CalibratedTest,
     calibrate_and_predict,
     ensemble_force_spread,
+    half_normal_mass,
     maxwell_mass,
     metrics_of,
+    structure_max,
 )
+from _common import radicals
 from ase.data import atomic_numbers
 
 from ltau import ErrorLog, ErrorRecorder, LTAUEstimator, metrics
 from ltau.atomistic.pipeline import VALIDATION_GROUP_KEYS, run_groups, split_validation
 from ltau.atomistic.structures import read_structures
-from ltau.demo.emt_data import default_splits, isolated_atom_energies
+from ltau.demo.emt_data import default_splits, isolated_atom_energies, shifted_test_sets
+from ltau.energy import (
+    ENERGY_LOG_NAME,
+    energy_recorder,
+    fit_energy_estimator,
+    open_energy_log,
+    structure_descriptors,
+)
 from ltau.integrations.mace import MACESettings, TrainedMACE, evaluate_mace, train_mace
 from ltau.selection import (
     DISTANCE_SCALES,
@@ -79,24 +108,43 @@ VARIANTS = {  # LTAU variant: (burn-in chosen, distance widening, structures as 
     "ltau_published": (False, False, False, ("absolute",)),
 }
 METHODS = (*VARIANTS, "distance", "ensemble")
-TABLE_METRICS = {
+TABLE_METRICS = {  # per-atom force metrics of labelled sets
     "spearman": "Spearman",
     "auroc_error_flag": "AUROC err>atol",
     "ause": "AUSE",
     "miscalibration_area": "miscal. area",
+    "miscalibration_area_uncalibrated": "miscal. area uncal.",
     "coverage90": "cov. 90%",
     "crps": "CRPS",
-    "auroc_shifted_vs_in_domain": "AUROC shifted vs in-domain",
+}
+OOD_METRICS = ("auroc_atom_vs_in_domain", "auroc_structure_vs_in_domain")
+ENERGY_METRICS = {
+    "spearman": "Spearman",
+    "coverage90": "cov. 90%",
+    "miscalibration_area": "miscal. area",
+    "miscalibration_area_uncalibrated": "miscal. area uncal.",
+    "crps": "CRPS (eV)",
 }
 
 
 def load_dataset(name: str, seed: int):
-    """``(train, {in_domain, shifted}, E0s by atomic number)``."""
+    """``(train, {in_domain, shifted sets...}, E0s by atomic number)``; the training data and
+    the ``in_domain`` / ``shifted`` sets are those the kept models were trained and tested on."""
     if name == "acac":
         train = read_structures(ACAC / "train_300K.xyz")
+        energies_only = {"require_forces": False}
         tests = {
             "in_domain": read_structures(ACAC / "test_MD_300K.xyz"),
             "shifted": read_structures(ACAC / "test_MD_600K.xyz"),
+            "train_600K": read_structures(ACAC / "train_600K.xyz"),
+            "H_transfer": read_structures(ACAC / "test_H_transfer.xyz", **energies_only),
+            "dihedral": read_structures(ACAC / "test_dihedral.xyz", **energies_only),
+            "radicals": read_structures(
+                radicals(ACAC / "test_MD_300K.xyz", seed),
+                energy_key=None,
+                forces_key=None,
+                require_forces=False,
+            ),
         }
         isolated = read_structures(
             ACAC / "isolated_atoms.xyz", forces_key=None, require_forces=False
@@ -113,6 +161,8 @@ def load_dataset(name: str, seed: int):
         "in_domain": read_structures(splits["test_in_domain"], **keys),
         "shifted": read_structures(splits["test_shifted"], **keys),
     }
+    for set_name, frames in shifted_test_sets(splits["test_in_domain"], seed=seed).items():
+        tests[set_name] = read_structures(frames, **keys)
     elements = sorted({s for a in splits["train"] for s in a.get_chemical_symbols()})
     e0s = {atomic_numbers[e]: v for e, v in isolated_atom_energies(elements).items()}
     return train, tests, e0s
@@ -133,11 +183,14 @@ def train_members(
         "seed": seed,
         "validation_fraction": 0.1,
         "validation_group_keys": list(VALIDATION_GROUP_KEYS),
+        "energy_log": ENERGY_LOG_NAME,
     }
     record = work_dir / "training.json"
     log_path = work_dir / "errors.h5"
+    energy_log_path = work_dir / ENERGY_LOG_NAME
     model_paths = [work_dir / f"model{member}.pt" for member in range(members)]
-    if record.exists() and log_path.exists() and all(path.exists() for path in model_paths):
+    kept = [record, log_path, energy_log_path, *model_paths]
+    if all(path.exists() for path in kept):
         stored = json.loads(record.read_text())
         if stored["settings"] == settings and len(stored["train_seconds"]) >= members:
             print(f"{name}: reusing the {members} models trained earlier in {work_dir}")
@@ -145,6 +198,7 @@ def train_members(
             return models, log_path, stored["train_seconds"][:members]
     fit_set, _ = split_validation(train, 0.1, seed)
     recorder = ErrorRecorder(fit_set.n_atoms, log_path=log_path, overwrite=True)
+    energies = energy_recorder(len(fit_set.atoms), energy_log_path, overwrite=True)
     models, train_seconds = [], []
     for member in range(members):
         started = time.perf_counter()
@@ -155,34 +209,198 @@ def train_members(
             isolated_atom_energies=e0s,
             recorder=recorder,
             member=member,
+            energy_recorder=energies,
         )
         train_seconds.append(time.perf_counter() - started)
         model.save(model_paths[member])
         models.append(model)
     recorder.close()
+    energies.close()
     record.write_text(json.dumps({"settings": settings, "train_seconds": train_seconds}))
     return models, log_path, train_seconds
 
 
-def calibrated_ltau(
-    estimator: LTAUEstimator, evaluation, groups: np.ndarray | None, atol: float
-) -> CalibratedTest:
-    """An LTAU estimator's calibrated predictions for labelled atoms, as the ensemble
-    comparison's :class:`CalibratedTest` (the estimator's own widening and calibration)."""
+@dataclass
+class SetScores:
+    """One method's outputs on one set: OOD scores per atom ``(n_atoms,)`` and per structure
+    ``(n_structures,)``; on labelled sets also the calibrated predictions, the true errors
+    (eV/Å) and the PIT of the uncalibrated predictions ``(n_atoms,)``."""
+
+    atom_score: np.ndarray
+    structure_score: np.ndarray
+    calibrated: CalibratedTest | None = None
+    errors: np.ndarray | None = None
+    uncalibrated_pit: np.ndarray | None = None
+
+
+def ltau_scores(
+    estimator: LTAUEstimator,
+    evaluation,
+    groups: np.ndarray,
+    use_groups: bool,
+    atol: float,
+) -> SetScores:
+    """An LTAU estimator's predictions for one set (its own widening and calibration): the
+    calibrated expected error as the atom score, ``per_structure``'s structure OOD score."""
+    widening_groups = groups if use_groups else None
     prediction = estimator.predict(
-        evaluation.descriptors, groups=groups, atol=atol, confidence=CONFIDENCE, return_pdf=True
+        evaluation.descriptors,
+        groups=widening_groups,
+        atol=atol,
+        confidence=CONFIDENCE,
+        return_pdf=True,
     )
-    return CalibratedTest(
+    structure = estimator.per_structure(prediction, groups).structure_ood_score
+    errors = evaluation.force_errors
+    if errors is None:
+        return SetScores(prediction.expected_error, structure)
+    pit = {
+        calibrated: estimator.probability_integral_transform(
+            evaluation.descriptors, errors, groups=widening_groups, calibrated=calibrated
+        )
+        for calibrated in (True, False)
+    }
+    calibrated = CalibratedTest(
         expected_error=prediction.expected_error,
-        pit=estimator.probability_integral_transform(
-            evaluation.descriptors, evaluation.force_errors, groups=groups
-        ),
+        pit=pit[True],
         lower=prediction.interval_lower,
         upper=prediction.interval_upper,
         exceedance=prediction.exceedance[:, 0],
         mass=prediction.pdf * prediction.bins.widths,
         bins=prediction.bins,
     )
+    return SetScores(prediction.expected_error, structure, calibrated, errors, pit[False])
+
+
+def baseline_scores(
+    validation: tuple[np.ndarray, np.ndarray],
+    scale: np.ndarray,
+    errors: np.ndarray | None,
+    groups: np.ndarray,
+    bins,
+    atol: float,
+) -> SetScores:
+    """A scalar baseline (``scale`` ``(n_atoms,)``, Maxwell form) on one set, recalibrated on
+    ``validation`` = (scales, errors); its raw scale is the atom score."""
+    structure = structure_max(scale, groups)
+    if errors is None:
+        return SetScores(scale, structure)
+    mass = maxwell_mass(scale, bins)
+    calibrated = calibrate_and_predict(
+        maxwell_mass(validation[0], bins), validation[1], mass, errors, bins, atol
+    )
+    pit = metrics.probability_integral_transform(mass, bins, errors)
+    return SetScores(scale, structure, calibrated, errors, pit)
+
+
+def set_metrics(scores: SetScores, in_domain: SetScores | None, atol: float) -> dict:
+    """Per-atom metrics (labelled sets) and, against ``in_domain``, the OOD AUROCs."""
+    result: dict = {}
+    if scores.calibrated is not None:
+        result = metrics_of(scores.calibrated, scores.errors, atol)
+        result["miscalibration_area_uncalibrated"] = metrics.miscalibration_area(
+            scores.uncalibrated_pit
+        )
+    if in_domain is not None:
+        result["auroc_atom_vs_in_domain"] = _auroc_against(scores.atom_score, in_domain.atom_score)
+        result["auroc_structure_vs_in_domain"] = _auroc_against(
+            scores.structure_score, in_domain.structure_score
+        )
+    return result
+
+
+def _auroc_against(shifted: np.ndarray, in_domain: np.ndarray) -> float:
+    """AUROC of a score separating ``shifted`` (positives) from ``in_domain`` values."""
+    labels = np.r_[np.ones(shifted.size), np.zeros(in_domain.size)]
+    return metrics.auroc(np.concatenate([shifted, in_domain]), labels)
+
+
+def energy_metrics(
+    mass: np.ndarray,
+    bins,
+    errors: np.ndarray,
+    calibrated: CalibratedTest,
+    atol: float,
+) -> dict:
+    """Energy-error metrics (eV per structure) of calibrated predictions, with the
+    miscalibration area of the uncalibrated ``mass`` ``(n_structures, n_bins)`` beside it."""
+    result = metrics_of(calibrated, errors, atol)
+    raw_pit = metrics.probability_integral_transform(mass, bins, errors)
+    result["miscalibration_area_uncalibrated"] = metrics.miscalibration_area(raw_pit)
+    return result
+
+
+def ensemble_energy(evaluations: dict, sets: dict, bins) -> dict[str, dict]:
+    """The M-member ensemble's energy spread (std of the members' energies, eV) against the
+    ensemble mean's |E error| on every test set with energies, calibrated on validation."""
+    spread, errors = {}, {}
+    for set_name, structures in sets.items():
+        if structures.energies is None:
+            continue
+        energies = np.stack([run.energies for run in evaluations[set_name]])
+        spread[set_name] = np.maximum(energies.std(axis=0), 1e-12)
+        errors[set_name] = np.abs(energies.mean(axis=0) - structures.energies)
+    atol = float(np.quantile(errors["validation"], 0.9))
+    validation_mass = half_normal_mass(spread["validation"], bins)
+    results = {}
+    for set_name in spread:
+        if set_name == "validation":
+            continue
+        mass = half_normal_mass(spread[set_name], bins)
+        calibrated = calibrate_and_predict(
+            validation_mass, errors["validation"], mass, errors[set_name], bins, atol
+        )
+        results[set_name] = energy_metrics(mass, bins, errors[set_name], calibrated, atol)
+    return results
+
+
+def ltau_energy(
+    energy_log,
+    member: int,
+    skip_epochs: int,
+    fit_descriptors: np.ndarray,
+    fit_set,
+    evaluations: dict,
+    sets: dict,
+) -> tuple[dict[str, dict], dict]:
+    """One model's LTAU energy estimator (its own epochs of the energy log after the burn-in
+    ``skip_epochs``), fitted and calibrated on validation, scored on every test set with
+    energies; returns ``(metrics per set, the estimator's choice)``."""
+    distributions = energy_log.distributions(n_bins=100, members=[member], skip_epochs=skip_epochs)
+    train_queries = structure_descriptors(fit_descriptors, fit_set.index.configuration_of_atoms)
+    queries, errors = {}, {}
+    for set_name, structures in sets.items():
+        if structures.energies is None:
+            continue
+        evaluation = evaluations[set_name][member]
+        groups = structures.index.configuration_of_atoms
+        queries[set_name] = structure_descriptors(evaluation.descriptors, groups)
+        errors[set_name] = np.abs(evaluation.energies - structures.energies)
+    estimator, choice = fit_energy_estimator(
+        train_queries, distributions, queries["validation"], errors["validation"]
+    )
+    atol = float(np.quantile(errors["validation"], 0.9))
+    results = {}
+    for set_name in queries:
+        if set_name == "validation":
+            continue
+        prediction = estimator.predict(
+            queries[set_name], atol=atol, confidence=CONFIDENCE, return_pdf=True
+        )
+        raw = estimator.predict(queries[set_name], return_pdf=True, calibrated=False)
+        calibrated = CalibratedTest(
+            expected_error=prediction.expected_error,
+            pit=estimator.probability_integral_transform(queries[set_name], errors[set_name]),
+            lower=prediction.interval_lower,
+            upper=prediction.interval_upper,
+            exceedance=prediction.exceedance[:, 0],
+            mass=prediction.pdf * prediction.bins.widths,
+            bins=prediction.bins,
+        )
+        results[set_name] = energy_metrics(
+            raw.pdf * raw.bins.widths, raw.bins, errors[set_name], calibrated, atol
+        )
+    return results, choice
 
 
 def run_dataset(
@@ -194,6 +412,8 @@ def run_dataset(
         name, train, e0s, members, epochs, seed, work_dir / name
     )
     sets = {"validation": validation, **tests}
+    labelled = [s for s in tests if tests[s].forces is not None]
+    shifted = [s for s in tests if s != "in_domain"]
     groups = {set_name: s.index.configuration_of_atoms for set_name, s in sets.items()}
     validation_runs = run_groups(validation)[groups["validation"]]  # cross-validation folds
     evaluations, forward_seconds = {}, {}
@@ -206,12 +426,18 @@ def run_dataset(
 
     # The ensemble: all M members; its target is the ensemble mean's force error.
     ensemble_runs = {}
-    for set_name in sets:
+    for set_name, structures in sets.items():
         forces = np.stack([run.forces for run in evaluations[set_name]])
         ensemble_runs[set_name] = (
             np.maximum(ensemble_force_spread(forces), 1e-12),
-            np.linalg.norm(forces.mean(axis=0) - sets[set_name].forces, axis=1),
+            None
+            if structures.forces is None
+            else np.linalg.norm(forces.mean(axis=0) - structures.forces, axis=1),
         )
+    energy_log = open_energy_log(log_path.parent / ENERGY_LOG_NAME)
+    ensemble_energies = ensemble_energy(
+        evaluations, sets, energy_log.distributions(n_bins=100).bins
+    )
 
     per_seed: list[dict] = []
     curves: dict[str, dict] = {}
@@ -232,8 +458,7 @@ def run_dataset(
         }
         atol = float(np.quantile(validation_m.force_errors, 0.9))
         bins = candidates[0].bins
-        results: dict[str, dict] = {}
-        predictions: dict[str, dict] = {}
+        scores: dict[str, dict[str, SetScores]] = {}
         choices: dict[str, dict] = {}
         for variant, (burn_in, widen, use_groups, scales) in VARIANTS.items():
             if widen:
@@ -262,17 +487,9 @@ def run_dataset(
             )
             if member == 0 and variant == "ltau":
                 default_estimator = estimator
-            predictions[variant] = {
-                set_name: (
-                    calibrated_ltau(
-                        estimator,
-                        evaluations[set_name][member],
-                        groups[set_name] if use_groups else None,
-                        atol,
-                    ),
-                    evaluations[set_name][member].force_errors,
-                )
-                for set_name in tests
+            scores[variant] = {
+                s: ltau_scores(estimator, evaluations[s][member], groups[s], use_groups, atol)
+                for s in tests
             }
         k = choices["ltau"]["k"]
         ood = {
@@ -284,42 +501,48 @@ def run_dataset(
         }
         baselines = {
             "distance": {
-                s: (
-                    maxwell_mass(np.maximum(ood[s], 1e-12), bins),
-                    evaluations[s][member].force_errors,
-                )
-                for s in sets
+                s: (np.maximum(ood[s], 1e-12), evaluations[s][member].force_errors) for s in sets
             },
-            "ensemble": {
-                s: (maxwell_mass(ensemble_runs[s][0], bins), ensemble_runs[s][1]) for s in sets
-            },
+            "ensemble": ensemble_runs,
         }
         for method, per_set in baselines.items():
-            predictions[method] = {
-                s: (
-                    calibrate_and_predict(*per_set["validation"], *per_set[s], bins, atol),
-                    per_set[s][1],
-                )
+            scores[method] = {
+                s: baseline_scores(per_set["validation"], *per_set[s], groups[s], bins, atol)
                 for s in tests
             }
-        for method, per_set in predictions.items():
-            results[method] = {
-                s: metrics_of(calibrated, errors, atol)
-                for s, (calibrated, errors) in per_set.items()
+        results = {
+            method: {
+                s: set_metrics(per_set[s], per_set["in_domain"] if s in shifted else None, atol)
+                for s in tests
             }
-            in_domain, shifted = per_set["in_domain"][0], per_set["shifted"][0]
-            results[method]["shifted"]["auroc_shifted_vs_in_domain"] = metrics.auroc(
-                np.concatenate([shifted.expected_error, in_domain.expected_error]),
-                np.r_[
-                    np.ones(shifted.expected_error.size), np.zeros(in_domain.expected_error.size)
-                ],
-            )
+            for method, per_set in scores.items()
+        }
+        energy, energy_choice = ltau_energy(
+            energy_log,
+            member,
+            choices["ltau"]["skip_epochs"],
+            fit_descriptors,
+            fit_set,
+            evaluations,
+            sets,
+        )
         per_seed.append(
-            {"choices": choices, "atol": atol, "spearman_by_k": spearman_by_k, "methods": results}
+            {
+                "choices": choices,
+                "atol": atol,
+                "spearman_by_k": spearman_by_k,
+                "methods": results,
+                "energy_choice": energy_choice,
+                "energy": {"ltau": energy, "ensemble": ensemble_energies},
+            }
         )
         if member == 0:
-            curves = {s: {m: predictions[m][s] for m in predictions} for s in tests}
+            curves = {
+                s: {m: (scores[m][s].calibrated, scores[m][s].errors) for m in scores}
+                for s in labelled
+            }
     log.close()
+    energy_log.close()
 
     # Inference cost on the in-domain set: M forward passes vs one plus the LTAU prediction.
     estimator = default_estimator
@@ -339,7 +562,8 @@ def run_dataset(
         estimator_bytes += estimator.local_scale_.nbytes
     _figures(output_dir, name, curves)
     return {
-        "methods": summarise(per_seed),
+        "methods": summarise(per_seed, "methods"),
+        "energy": summarise(per_seed, "energy"),
         "per_seed": per_seed,
         "members": members,
         "epochs": epochs,
@@ -357,20 +581,22 @@ def run_dataset(
         "ltau_predict_us_per_atom": 1e6 * ltau_seconds / n_atoms,
         "inference_memory_ratio": members * parameters / (parameters + estimator_bytes),
         "force_rmse": {
-            s: [metrics.rmse(evaluations[s][m].force_errors) for m in range(n_seeds)] for s in tests
+            s: [metrics.rmse(evaluations[s][m].force_errors) for m in range(n_seeds)]
+            for s in labelled
         },
     }
 
 
-def summarise(per_seed: list[dict]) -> dict:
-    """Mean, standard deviation and per-seed values of every metric, per method and set."""
+def summarise(per_seed: list[dict], key: str) -> dict:
+    """Mean, standard deviation and per-seed values of every metric, per method and set, of
+    the per-seed results under ``key`` ("methods": forces, "energy")."""
     summary: dict = {}
-    for method, per_set in per_seed[0]["methods"].items():
+    for method, per_set in per_seed[0][key].items():
         summary[method] = {}
         for set_name, values in per_set.items():
             summary[method][set_name] = {}
             for metric in values:
-                seeds = [run["methods"][method][set_name][metric] for run in per_seed]
+                seeds = [run[key][method][set_name][metric] for run in per_seed]
                 known = [value for value in seeds if value is not None]
                 summary[method][set_name][metric] = {
                     "mean": float(np.mean(known)) if known else None,
@@ -428,10 +654,21 @@ def _sparsification(uncertainty: np.ndarray, errors: np.ndarray):
     return curve["fraction_removed"], curve["model"], curve["oracle"]
 
 
+def _cell(per_metric: dict, metric: str) -> str:
+    """``mean ± std`` of one summarised metric, blank when not measured."""
+    value = per_metric.get(metric, {}).get("mean")
+    spread = per_metric.get(metric, {}).get("std")
+    return "" if value is None else f"{value:.3f} ± {spread:.3f}"
+
+
 def markdown_table(report: dict) -> str:
-    """Per dataset: method x test set x metric, mean ± standard deviation over seeds."""
+    """Per dataset, means ± standard deviations over seeds: the per-atom force metrics (test
+    set x method), the OOD AUROCs against the in-domain set (per atom / per structure) and the
+    energy metrics."""
     lines = []
     for dataset, values in report["datasets"].items():
+        methods = values["methods"]
+        set_names = list(next(iter(methods.values())))
         lines.append(
             f"\n**{dataset}** (M = {values['members']}, {values['epochs']} epochs, "
             f"{values['n_seeds']} seeds; default LTAU's (k, burn-in epochs, distance scale) per seed "
@@ -440,17 +677,54 @@ def markdown_table(report: dict) -> str:
             f"{values['train_cost_ratio']:.2f}, inference cost ratio "
             f"{values['inference_cost_ratio']:.2f})\n"
         )
-        lines.append("| method | test set | " + " | ".join(TABLE_METRICS.values()) + " |")
+        lines.append(f"Per-atom force-error metrics ({dataset}, labelled sets):\n")
+        lines.append("| test set | method | " + " | ".join(TABLE_METRICS.values()) + " |")
         lines.append("|---|---|" + "---|" * len(TABLE_METRICS))
-        for method, per_set in values["methods"].items():
-            for set_name, per_metric in per_set.items():
-                cells = []
-                for metric in TABLE_METRICS:
-                    value = per_metric.get(metric, {}).get("mean")
-                    spread = per_metric.get(metric, {}).get("std")
-                    cells.append("" if value is None else f"{value:.3f} ± {spread:.3f}")
-                lines.append(f"| {method} | {set_name} | " + " | ".join(cells) + " |")
+        for set_name in set_names:
+            for method, per_set in methods.items():
+                if "spearman" in per_set[set_name]:
+                    cells = [_cell(per_set[set_name], metric) for metric in TABLE_METRICS]
+                    lines.append(f"| {set_name} | {method} | " + " | ".join(cells) + " |")
+        shifted = [s for s in set_names if s != "in_domain"]
+        lines.append(
+            f"\nOOD AUROC against the in-domain test set ({dataset}), per atom / per structure:\n"
+        )
+        lines.append("| method | " + " | ".join(shifted) + " |")
+        lines.append("|---|" + "---|" * len(shifted))
+        for method, per_set in methods.items():
+            cells = [
+                " / ".join(_cell(per_set[s], metric) for metric in OOD_METRICS) for s in shifted
+            ]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        k_choices = [run["energy_choice"]["k"] for run in values["per_seed"]]
+        lines.append(
+            f"\nEnergy-error metrics ({dataset}, eV per structure; LTAU energy k per seed "
+            f"{k_choices}; one ensemble):\n"
+        )
+        lines.append("| test set | method | " + " | ".join(ENERGY_METRICS.values()) + " |")
+        lines.append("|---|---|" + "---|" * len(ENERGY_METRICS))
+        energy = values["energy"]
+        for set_name in next(iter(energy.values())):
+            for method, per_set in energy.items():
+                cells = [_cell(per_set[set_name], metric) for metric in ENERGY_METRICS]
+                lines.append(f"| {set_name} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _flat(summary: dict, names: tuple[str, ...]) -> dict:
+    """``{method: {set: {metric: mean, metric_std: std}}}`` of the metrics ``names``."""
+    return {
+        method: {
+            set_name: {
+                key: values[stat]
+                for metric, values in per_metric.items()
+                if metric in names
+                for key, stat in ((metric, "mean"), (f"{metric}_std", "std"))
+            }
+            for set_name, per_metric in per_set.items()
+        }
+        for method, per_set in summary.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -492,14 +766,8 @@ def main(argv: list[str] | None = None) -> dict:
             d: v["inference_cost_ratio"] for d, v in report["datasets"].items()
         },
         **{
-            d: {
-                method: {
-                    set_name: {metric: values["mean"] for metric, values in per_metric.items()}
-                    | {f"{metric}_std": values["std"] for metric, values in per_metric.items()}
-                    for set_name, per_metric in per_set.items()
-                }
-                for method, per_set in v["methods"].items()
-            }
+            d: _flat(v["methods"], (*TABLE_METRICS, *OOD_METRICS))
+            | {"energy": _flat(v["energy"], tuple(ENERGY_METRICS))}
             for d, v in report["datasets"].items()
         },
     }

@@ -7,8 +7,10 @@ import pytest
 from _baselines import (
     calibrate_and_predict,
     ensemble_force_spread,
+    half_normal_mass,
     maxwell_mass,
     metrics_of,
+    structure_max,
 )
 from scipy import stats
 
@@ -50,6 +52,20 @@ def test_maxwell_mass_matches_scipy():
     np.testing.assert_allclose(second, [0.49], rtol=1e-3)
 
 
+def test_half_normal_mass_matches_scipy():
+    bins = Bins.log(1e-3, 10.0, 50)
+    scale = np.array([0.02, 0.4, 2.0])
+    mass = half_normal_mass(scale, bins)
+    np.testing.assert_allclose(mass.sum(axis=1), 1.0)
+    cdf = stats.halfnorm.cdf(bins.edges[None, :], scale=scale[:, None])
+    np.testing.assert_allclose(mass[:, 1:-1], np.diff(cdf, axis=1)[:, 1:-1], atol=1e-12)
+
+
+def test_structure_max():
+    values = np.array([0.1, 0.5, 0.2, 0.9, 0.3])
+    np.testing.assert_array_equal(structure_max(values, [0, 0, 1, 2, 2]), [0.5, 0.2, 0.9])
+
+
 def test_calibrated_metrics_rank_a_good_uncertainty_above_noise():
     rng = np.random.default_rng(1)
     bins = Bins.log(1e-3, 20.0, 60)
@@ -88,3 +104,9 @@ def test_bad_inputs():
         ensemble_force_spread(np.zeros((1, 4, 3)))
     with pytest.raises(LTAUInputError, match="positive finite"):
         maxwell_mass(np.array([0.1, 0.0]), Bins.log(1e-3, 1.0, 5))
+    with pytest.raises(LTAUInputError, match="positive finite"):
+        half_normal_mass(np.array([np.nan]), Bins.log(1e-3, 1.0, 5))
+    with pytest.raises(LTAUInputError, match="one non-negative structure label"):
+        structure_max(np.zeros(3), [0, 1])
+    with pytest.raises(LTAUInputError, match="one non-negative structure label"):
+        structure_max(np.zeros(2), [0, -1])

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("ase")
 
 import ase.io
-from ase.build import fcc111
+from ase.build import fcc100, fcc111
 from ase.calculators.emt import EMT, parameters
 from ase.constraints import FixAtoms
 
@@ -193,6 +193,116 @@ def test_default_splits_structure():
         symbol for name in oracle.DEFAULT_ADSORBATES for symbol, _ in oracle.ADSORBATES[name]
     }
     assert {s for f in unseen for s in f.get_chemical_symbols()} <= seen
+
+
+# Energies (eV) of these tiny default splits as generated before the named shifted sets and the
+# fcc(100) facet were added: the original sets (and models trained on them) must stay valid.
+GOLDEN_DEFAULT_SPLITS = {
+    "train": [2.974627468, 3.042207943, 3.073588841, 3.067445875, 2.717701468, 2.437450506],
+    "test_in_domain": [2.127777506, 2.152788371, 2.885245194],
+    "test_shifted": [4.133358058, 3.999530095, 2.356965479, 2.463402189],
+}
+
+
+def test_default_splits_unchanged():
+    sizes = {
+        "n_train_md": 4,
+        "n_train_relaxation": 2,
+        "n_test_md": 2,
+        "n_test_relaxation": 1,
+        "n_shifted_hot": 2,
+        "n_shifted_unseen": 2,
+    }
+    splits = oracle.default_splits(seed=0, slab_size=(2, 2, 3), progress=False, **sizes)
+    for name, energies in GOLDEN_DEFAULT_SPLITS.items():
+        observed = [frame.info["REF_energy"] for frame in splits[name]]
+        np.testing.assert_allclose(observed, energies, rtol=0, atol=2e-9, err_msg=name)
+        assert all("facet" not in frame.info for frame in splits[name])
+
+
+@pytest.fixture(scope="module")
+def in_domain_frames():
+    return oracle.make_md_dataset(
+        ["Cu", "Pt"], ["OH", "H"], 300.0, 6, seed=4, frames_per_trajectory=2, **SMALL
+    )
+
+
+@pytest.fixture(scope="module")
+def shifted_sets(in_domain_frames):
+    return oracle.shifted_test_sets(in_domain_frames, seed=0, n_per_set=2, **SMALL)
+
+
+def test_shifted_test_sets_are_named_labelled_and_sized(shifted_sets, in_domain_frames):
+    assert tuple(shifted_sets) == oracle.SHIFTED_SETS
+    assert all(len(frames) == 2 for frames in shifted_sets.values())
+    shifts = {
+        "md_900K": "temperature",
+        "md_1200K": "temperature",
+        "unseen_pairs": "composition",
+        "fcc100": "facet",
+        "vacancies": "vacancy",
+        "radicals": "radical",
+    }
+    for name, frames in shifted_sets.items():
+        for frame in frames:
+            _assert_labels_match_emt(frame)
+            assert frame.info["split"] == name and frame.info["shift"] == shifts[name]
+            assert frame.arrays["fixed"].shape == (len(frame),)
+    assert [f.info["temperature_K"] for f in shifted_sets["md_1200K"]] == [1200.0, 1200.0]
+    assert all(
+        (f.info["metal"], f.info["adsorbate"]) in oracle.UNSEEN_PAIRS
+        for f in shifted_sets["unseen_pairs"]
+    )
+    for frame in shifted_sets["fcc100"]:
+        assert frame.info["facet"] == "100" and frame.info["site"] in oracle.FACETS["100"]
+        slab = frame[frame.get_tags() > 0]
+        ideal = fcc100(frame.info["metal"], size=(2, 2, 3), vacuum=oracle.DEFAULT_VACUUM)
+        fixed = frame.arrays["fixed"][frame.get_tags() > 0]
+        np.testing.assert_allclose(slab.positions[fixed], ideal.positions[fixed], atol=1e-12)
+    parents = {(f.info["trajectory"], f.info["time_fs"]): f for f in in_domain_frames}
+    for name, symbols in (("vacancies", {"Cu", "Pt"}), ("radicals", {"O", "H"})):
+        for frame in shifted_sets[name]:
+            parent = parents[(frame.info["trajectory"], frame.info["time_fs"])]
+            assert len(frame) == len(parent) - 1
+            assert frame.info["removed_symbol"] in symbols
+            assert frame.info["REF_energy"] != parent.info["REF_energy"]
+    assert all(f.info["adsorbate"] == "OH" for f in shifted_sets["radicals"])
+
+
+def test_shifted_test_sets_are_deterministic(shifted_sets, in_domain_frames):
+    again = oracle.shifted_test_sets(in_domain_frames, seed=0, n_per_set=2, **SMALL)
+    other = oracle.shifted_test_sets(in_domain_frames, seed=1, n_per_set=2, **SMALL)
+    for name in oracle.SHIFTED_SETS:
+        for a, b in zip(shifted_sets[name], again[name], strict=True):
+            np.testing.assert_array_equal(a.positions, b.positions)
+    assert any(
+        a.info["REF_energy"] != b.info["REF_energy"]
+        for a, b in zip(shifted_sets["md_900K"], other["md_900K"], strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda f: oracle.remove_one_atom(f, "slab", 1, 0), "remove must be 'metal' or"),
+        (
+            lambda f: oracle.remove_one_atom(f, "adsorbate", 5, 0),
+            "only 4 of the 6 frames have a removable adsorbate",
+        ),
+        (lambda f: oracle.remove_one_atom(f, "metal", 0, 0), "n must be an integer >= 1"),
+        (lambda f: oracle.remove_one_atom([fcc111("Cu", (2, 2, 3))], "metal", 1, 0), "labelled"),
+        (lambda f: oracle.shifted_test_sets(f, n_per_set=0), "n_per_set must be"),
+        (lambda f: oracle.shifted_test_sets(f, hot_temperatures_K=(900.0,)), "two temperat"),
+        (lambda f: oracle.make_md_dataset("Cu", "O", 300, 1, 0, facet="110"), "unknown facet"),
+        (
+            lambda f: oracle.make_md_dataset("Cu", "O", 300, 1, 0, sites=["hollow"]),
+            "unknown site 'hollow' on fcc\\(111\\)",
+        ),
+    ],
+)
+def test_shifted_set_bad_inputs_raise(call, message, in_domain_frames):
+    with pytest.raises(LTAUInputError, match=message):
+        call(in_domain_frames)
 
 
 def test_isolated_atom_energies():

@@ -5,7 +5,9 @@ layer(s) held fixed) carrying one adsorbate (H, C, N, O, OH, CO, NO, CH, NH) on 
 ``bridge``, ``fcc`` or ``hcp`` site. They are sampled by Langevin molecular dynamics
 (:func:`make_md_dataset`), along BFGS/FIRE relaxations (:func:`make_relaxation_frames`), or left
 unlabelled as starting points of a relaxation benchmark (:func:`make_initial_structures`).
-:func:`default_splits` assembles the built-in dataset of ltau's demo.
+:func:`default_splits` assembles the built-in dataset of ltau's demo; :func:`shifted_test_sets`
+adds named shifted test sets beside it (hotter MD, unseen pairs, fcc(100) slabs, vacancies and
+radical-like adsorbates, the last two by :func:`remove_one_atom`).
 
 Labels. The oracle is ASE's effective-medium-theory calculator (:class:`ase.calculators.emt.EMT`;
 elements Al, Cu, Ag, Au, Ni, Pd, Pt, H, C, N, O). Every labelled frame stores
@@ -49,7 +51,7 @@ from typing import NamedTuple
 import ase.io
 import numpy as np
 from ase import Atoms, units
-from ase.build import add_adsorbate, fcc111
+from ase.build import add_adsorbate, fcc100, fcc111
 from ase.calculators.calculator import all_properties
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
@@ -67,6 +69,8 @@ __all__ = [
     "DEFAULT_ADSORBATES",
     "DEFAULT_METALS",
     "EMT_ELEMENTS",
+    "FACETS",
+    "SHIFTED_SETS",
     "SITES",
     "SLAB_METALS",
     "UNSEEN_PAIRS",
@@ -75,6 +79,8 @@ __all__ = [
     "make_initial_structures",
     "make_md_dataset",
     "make_relaxation_frames",
+    "remove_one_atom",
+    "shifted_test_sets",
     "write_extxyz",
 ]
 
@@ -96,8 +102,17 @@ ADSORBATES: dict[str, tuple[tuple[str, float], ...]] = {
 }
 #: Adsorption sites of an fcc(111) slab built by ``ase.build.fcc111``.
 SITES: tuple[str, ...] = ("ontop", "bridge", "fcc", "hcp")
+#: Slab facets and their adsorption sites: fcc(111) (``ase.build.fcc111``, the default) and
+#: fcc(100) (``ase.build.fcc100``).
+FACETS: dict[str, tuple[str, ...]] = {"111": SITES, "100": ("ontop", "bridge", "hollow")}
 #: Initial height (Å) of the binding atom above the top layer, per site (close to EMT minima).
-SITE_HEIGHTS: dict[str, float] = {"ontop": 1.8, "bridge": 1.5, "fcc": 1.4, "hcp": 1.4}
+SITE_HEIGHTS: dict[str, float] = {
+    "ontop": 1.8,
+    "bridge": 1.5,
+    "fcc": 1.4,
+    "hcp": 1.4,
+    "hollow": 1.2,
+}
 
 #: Metals and adsorbates of the default training set (elements Cu, Pt, Au, H, C, O).
 DEFAULT_METALS: tuple[str, ...] = ("Cu", "Pt", "Au")
@@ -105,6 +120,16 @@ DEFAULT_ADSORBATES: tuple[str, ...] = ("H", "O", "OH", "CO")
 #: (metal, adsorbate) pairs left out of the default training set; they use only trained elements,
 #: so a model trained on "train" can still evaluate them (a composition shift, not a new element).
 UNSEEN_PAIRS: tuple[tuple[str, str], ...] = (("Au", "OH"), ("Au", "CO"))
+
+#: The named shifted test sets of :func:`shifted_test_sets`, in order.
+SHIFTED_SETS: tuple[str, ...] = (
+    "md_900K",
+    "md_1200K",
+    "unseen_pairs",
+    "fcc100",
+    "vacancies",
+    "radicals",
+)
 
 DEFAULT_SLAB_SIZE: tuple[int, int, int] = (3, 3, 3)
 DEFAULT_VACUUM = 6.0
@@ -145,7 +170,8 @@ def make_md_dataset(
     seed: int,
     *,
     exclude_pairs: Iterable[tuple[str, str]] = (),
-    sites: Iterable[str] = SITES,
+    sites: Iterable[str] | None = None,
+    facet: str = "111",
     slab_size: tuple[int, int, int] = DEFAULT_SLAB_SIZE,
     vacuum: float = DEFAULT_VACUUM,
     n_fixed_layers: int = 1,
@@ -184,8 +210,10 @@ def make_md_dataset(
         n_frames: number of frames returned, >= 1.
         seed: non-negative integer seeding every random choice.
         exclude_pairs: (metal, adsorbate) pairs to leave out of the product.
-        sites: adsorption sites drawn uniformly, from :data:`SITES`.
-        slab_size: (nx, ny, n_layers) of the fcc(111) slab.
+        sites: adsorption sites drawn uniformly, from the facet's (:data:`FACETS`; default all).
+        facet: slab facet, "111" (fcc(111), the default) or "100" (fcc(100); its frames
+            carry ``info["facet"] = "100"``).
+        slab_size: (nx, ny, n_layers) of the slab.
         vacuum: vacuum (Å) above and below the slab.
         n_fixed_layers: bottom layers held fixed, in ``[0, n_layers)``.
         timestep_fs: MD time step (fs).
@@ -205,7 +233,15 @@ def make_md_dataset(
     """
     pairs = _pairs(metals, adsorbates, exclude_pairs)
     starts = _starts(
-        pairs, sites, seed, rattle_stdev, slab_size, vacuum, n_fixed_layers, shuffled=True
+        pairs,
+        sites,
+        seed,
+        rattle_stdev,
+        slab_size,
+        vacuum,
+        n_fixed_layers,
+        shuffled=True,
+        facet=facet,
     )
     temperature = _non_negative_float(temperature_K, "temperature_K")
     n_frames = _positive_int(n_frames, "n_frames")
@@ -462,6 +498,164 @@ def default_splits(
     return splits
 
 
+def remove_one_atom(
+    frames: Sequence[Atoms],
+    remove: str,
+    n: int,
+    seed: int,
+    *,
+    energy_key: str = DEFAULT_ENERGY_KEY,
+    forces_key: str = DEFAULT_FORCES_KEY,
+) -> list[Atoms]:
+    """``n`` of ``frames`` (labelled slabs of this module), each with one atom removed and
+    relabelled by EMT: a vacancy (``remove="metal"``: a random free slab atom) or a
+    radical-like adsorbate (``remove="adsorbate"``: a random atom of an adsorbate of two or
+    more atoms; frames with a one-atom adsorbate are not eligible).
+
+    The frames are a random choice (without replacement, in their original order) among the
+    eligible ones; ``info["defect"]`` is ``"vacancy"`` or ``"radical"`` and
+    ``info["removed_symbol"]`` names the atom removed. The fixed mask loses the atom's entry.
+    """
+    if remove not in ("metal", "adsorbate"):
+        raise LTAUInputError(f"remove must be 'metal' or 'adsorbate'; got {remove!r}")
+    n = _positive_int(n, "n")
+    _check_keys(energy_key, forces_key)
+    frames = list(frames)
+    for index, frame in enumerate(frames):
+        if not isinstance(frame, Atoms) or FIXED_KEY not in frame.arrays:
+            raise LTAUInputError(
+                f"frames[{index}] is not a labelled slab of ltau.demo.emt_data "
+                f"(an ase.Atoms with a {FIXED_KEY!r} array)"
+            )
+    candidates = [_removable(frame, remove) for frame in frames]
+    eligible = [index for index, mask in enumerate(candidates) if mask.any()]
+    if len(eligible) < n:
+        raise LTAUInputError(
+            f"only {len(eligible)} of the {len(frames)} frames have a removable {remove} atom; "
+            f"{n} were asked for"
+        )
+    rng = np.random.default_rng(_seed_sequence(seed))
+    chosen = np.sort(rng.choice(len(eligible), size=n, replace=False))
+    defect = "vacancy" if remove == "metal" else "radical"
+    result = []
+    for index in (eligible[int(c)] for c in chosen):
+        frame = frames[index]
+        removed = int(rng.choice(np.flatnonzero(candidates[index])))
+        keep = np.arange(len(frame)) != removed
+        atoms = Atoms(
+            numbers=frame.numbers[keep],
+            positions=frame.positions[keep],
+            cell=frame.cell.copy(),
+            pbc=frame.pbc.copy(),
+            tags=frame.get_tags()[keep],
+        )
+        info = {key: value for key, value in frame.info.items() if key != energy_key}
+        atoms.info.update(info)
+        atoms.calc = EMT()
+        labelled = _labelled_frame(
+            atoms, frame.arrays[FIXED_KEY][keep], info, energy_key, forces_key
+        )
+        labelled.info.update(defect=defect, removed_symbol=frame.get_chemical_symbols()[removed])
+        result.append(labelled)
+    return result
+
+
+def shifted_test_sets(
+    in_domain: Sequence[Atoms],
+    seed: int = 0,
+    *,
+    n_per_set: int = 15,
+    train_temperature_K: float = 300.0,
+    hot_temperatures_K: tuple[float, float] = (900.0, 1200.0),
+    slab_size: tuple[int, int, int] = DEFAULT_SLAB_SIZE,
+    energy_key: str = DEFAULT_ENERGY_KEY,
+    forces_key: str = DEFAULT_FORCES_KEY,
+    progress: bool = True,
+) -> dict[str, list[Atoms]]:
+    """Named, EMT-labelled shifted test sets of ``n_per_set`` frames each, beside those of
+    :func:`default_splits` (``in_domain``: its ``"test_in_domain"`` frames), in the order of
+    :data:`SHIFTED_SETS`:
+
+    * ``"md_900K"`` / ``"md_1200K"``: MD of the training pairs at the hotter temperatures;
+    * ``"unseen_pairs"``: MD at ``train_temperature_K`` of :data:`UNSEEN_PAIRS`;
+    * ``"fcc100"``: MD at ``train_temperature_K`` of the training pairs on fcc(100) slabs;
+    * ``"vacancies"`` / ``"radicals"``: in-domain frames with one free metal atom / one atom of
+      a two-atom adsorbate removed (:func:`remove_one_atom`).
+
+    Their random streams come from ``SeedSequence(seed, spawn_key=(1,))``, apart from those of
+    :func:`default_splits` (``SeedSequence(seed)``), which stay as they were. Every frame has
+    ``info["split"]`` = its set's name and ``info["shift"]`` = the kind of shift.
+    """
+    n_per_set = _positive_int(n_per_set, "n_per_set")
+    if len(hot_temperatures_K) != 2:
+        raise LTAUInputError(
+            f"hot_temperatures_K must be two temperatures; got {hot_temperatures_K!r}"
+        )
+    root = np.random.SeedSequence(_non_negative_int(seed, "seed"), spawn_key=(1,))
+    streams = iter(int(s) for s in root.generate_state(len(SHIFTED_SETS)))
+    common = {
+        "slab_size": slab_size,
+        "energy_key": energy_key,
+        "forces_key": forces_key,
+        "progress": progress,
+    }
+    seen = {
+        "metals": DEFAULT_METALS,
+        "adsorbates": DEFAULT_ADSORBATES,
+        "exclude_pairs": UNSEEN_PAIRS,
+    }
+    sets: dict[str, tuple[str, list[Atoms]]] = {}
+    for name, temperature in zip(SHIFTED_SETS[:2], hot_temperatures_K, strict=True):
+        frames = make_md_dataset(
+            **seen,
+            temperature_K=temperature,
+            n_frames=n_per_set,
+            seed=next(streams),
+            progress_desc=f"{name}: MD",
+            **common,
+        )
+        sets[name] = ("temperature", frames)
+    sets["unseen_pairs"] = (
+        "composition",
+        make_md_dataset(
+            metals=_unique(metal for metal, _ in UNSEEN_PAIRS),
+            adsorbates=_unique(adsorbate for _, adsorbate in UNSEEN_PAIRS),
+            temperature_K=train_temperature_K,
+            n_frames=n_per_set,
+            seed=next(streams),
+            progress_desc="unseen_pairs: MD",
+            **common,
+        ),
+    )
+    sets["fcc100"] = (
+        "facet",
+        make_md_dataset(
+            **seen,
+            temperature_K=train_temperature_K,
+            n_frames=n_per_set,
+            seed=next(streams),
+            facet="100",
+            progress_desc="fcc100: MD",
+            **common,
+        ),
+    )
+    for name, remove in (("vacancies", "metal"), ("radicals", "adsorbate")):
+        frames = remove_one_atom(
+            in_domain,
+            remove,
+            n_per_set,
+            next(streams),
+            energy_key=energy_key,
+            forces_key=forces_key,
+        )
+        sets[name] = ("vacancy" if remove == "metal" else "radical", frames)
+    for name, (shift, frames) in sets.items():
+        for frame in frames:
+            frame.info["split"] = name
+            frame.info["shift"] = shift
+    return {name: frames for name, (_, frames) in sets.items()}
+
+
 def write_extxyz(atoms_list: Atoms | Sequence[Atoms], path: str | os.PathLike) -> Path:
     """Write frames to an extended-XYZ file atomically and return its path.
 
@@ -505,15 +699,17 @@ def _starts(
     n_fixed_layers: object,
     *,
     shuffled: bool,
+    facet: object = "111",
 ) -> Iterator[_Start]:
     """Validate the other structure arguments now; return an endless stream of new structures.
 
     ``pairs`` (from :func:`_pairs`) come in shuffled cycles if ``shuffled`` (the first stream
     spawned from ``seed`` orders them), else in their own order. Every structure then spawns its
     own generator, which draws the site and the displacements of the free atoms. No calculator
-    is attached.
+    is attached. ``facet``: a key of :data:`FACETS`; ``sites`` None means all of its sites.
     """
-    site_list = _sites(sites)
+    facet_name = _facet(facet)
+    site_list = _sites(FACETS[facet_name] if sites is None else sites, facet_name)
     root = _seed_sequence(seed)
     rattle = _non_negative_float(rattle_stdev, "rattle_stdev")
     size = _slab_size(slab_size)
@@ -529,7 +725,9 @@ def _starts(
         for index, (metal, adsorbate) in enumerate(pair_order):
             rng = np.random.default_rng(root.spawn(1)[0])
             site = site_list[int(rng.integers(len(site_list)))]
-            atoms, fixed = _build_structure(metal, adsorbate, site, size, vacuum_A, n_fixed)
+            atoms, fixed = _build_structure(
+                metal, adsorbate, site, size, vacuum_A, n_fixed, facet_name
+            )
             _displace(atoms, fixed, rattle, rng)
             yield _Start(index, atoms, fixed, rng)
 
@@ -563,10 +761,11 @@ def _build_structure(
     slab_size: tuple[int, int, int],
     vacuum: float,
     n_fixed_layers: int,
+    facet: str = "111",
 ) -> tuple[Atoms, np.ndarray]:
     """Return the ideal slab + adsorbate (bottom layers under ``FixAtoms``) and its fixed mask."""
-    slab = fcc111(metal, size=slab_size, vacuum=vacuum)
-    # fcc111 tags layers 1 (top) ... n_layers (bottom); adsorbate atoms get tag 0.
+    slab = (fcc100 if facet == "100" else fcc111)(metal, size=slab_size, vacuum=vacuum)
+    # Both builders tag layers 1 (top) ... n_layers (bottom); adsorbate atoms get tag 0.
     fixed_slab = slab.get_tags() > slab_size[2] - n_fixed_layers
     molecule = Atoms(
         [symbol for symbol, _ in ADSORBATES[adsorbate]],
@@ -577,6 +776,8 @@ def _build_structure(
     fixed = np.concatenate([fixed_slab, np.zeros(len(molecule), dtype=bool)])
     slab.set_constraint(FixAtoms(mask=fixed))
     slab.info.update(metal=metal, adsorbate=adsorbate, site=site)
+    if facet != "111":  # fcc(111) frames carry no facet key, as before facets existed
+        slab.info["facet"] = facet
     return slab, fixed
 
 
@@ -611,11 +812,21 @@ def _labelled_frame(
         tags=atoms.get_tags(),
     )
     frame.info.update({key: atoms.info[key] for key in ("metal", "adsorbate", "site")})
+    if "facet" in atoms.info:
+        frame.info["facet"] = atoms.info["facet"]
     frame.info.update(info)
     frame.info[energy_key] = energy
     frame.arrays[forces_key] = forces
     frame.arrays[FIXED_KEY] = fixed.copy()
     return frame
+
+
+def _removable(frame: Atoms, remove: str) -> np.ndarray:
+    """``(n_atoms,)`` bool: the atoms :func:`remove_one_atom` may remove from ``frame``."""
+    adsorbate = frame.get_tags() == 0
+    if remove == "metal":
+        return ~adsorbate & ~frame.arrays[FIXED_KEY]
+    return adsorbate if adsorbate.sum() >= 2 else np.zeros_like(adsorbate)
 
 
 def _single_threaded_blas() -> contextlib.AbstractContextManager:
@@ -700,12 +911,21 @@ def _pairs(
     return pairs
 
 
-def _sites(sites: Iterable[str]) -> tuple[str, ...]:
+def _sites(sites: Iterable[str], facet: str = "111") -> tuple[str, ...]:
     names = _as_names(sites, "sites")
+    allowed = FACETS[facet]
     for site in names:
-        if site not in SITES:
-            raise LTAUInputError(f"unknown site {site!r}; supported sites: {', '.join(SITES)}")
+        if site not in allowed:
+            raise LTAUInputError(
+                f"unknown site {site!r} on fcc({facet}); supported sites: {', '.join(allowed)}"
+            )
     return names
+
+
+def _facet(facet: object) -> str:
+    if not isinstance(facet, str) or facet not in FACETS:
+        raise LTAUInputError(f"unknown facet {facet!r}; supported facets: {', '.join(FACETS)}")
+    return facet
 
 
 def _check_keys(energy_key: str, forces_key: str) -> None:
