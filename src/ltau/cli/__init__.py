@@ -26,6 +26,7 @@ from ltau.cli import (
     predict,
     relax,
     run,
+    select,
 )
 from ltau.exceptions import LTAUFileError, LTAUInputError
 
@@ -41,6 +42,7 @@ SUBCOMMANDS = (
     describe,
     dynamics,
     relax,
+    select,
 )
 """Subcommand modules, in the order ``ltau --help`` lists them."""
 
