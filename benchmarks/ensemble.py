@@ -96,7 +96,11 @@ from ase.data import atomic_numbers
 
 from ltau import ErrorLog, ErrorRecorder, LTAUEstimator, metrics
 from ltau.atomistic.pipeline import VALIDATION_GROUP_KEYS, run_groups, split_validation
-from ltau.atomistic.structures import read_structures
+from ltau.atomistic.structures import (
+    ForceFieldEvaluation,
+    LabelledStructures,
+    read_structures,
+)
 from ltau.demo.emt_data import default_splits, isolated_atom_energies, shifted_test_sets
 from ltau.energy import (
     ENERGY_LOG_NAME,
@@ -419,10 +423,10 @@ def ltau_energy(
 
 def single_model_baselines(
     trained: TrainedMACE,
-    fit_set,
+    fit_set: LabelledStructures,
     fit_descriptors: np.ndarray,
-    sets: dict,
-    evaluations: list,
+    sets: dict[str, LabelledStructures],
+    evaluations: dict[str, ForceFieldEvaluation],
     seed: int,
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
     """``gmm_latent`` and ``llpr`` of one model, fitted on its training atoms and chosen on the
