@@ -20,6 +20,11 @@ quantile of validation errors). Methods, on the same test atoms:
 * ``ltau_atom_widening``   - the default, widened with the atom OOD score only (no structures);
 * ``ltau_published``       - the method as published: kNN mixture, then isotonic calibration;
 * ``distance``             - the model's mean distance to the k nearest training atoms alone;
+* ``gmm_latent``           - per-element Gaussian mixtures on the model's training-atom
+  descriptors (those LTAU uses), components chosen by validation NLL, the NLL mapped to a scale
+  on validation (``_single_model_baselines.gmm_latent``);
+* ``llpr``                 - last-layer prediction rigidity on the model's last-layer features
+  (``_single_model_baselines.llpr`` on ``mace_last_layer_features``), λ and α on validation;
 * ``ensemble``             - spread of the M force vectors (target: the ensemble mean's error).
 
 Shifted sets, each scored against the in-domain test set. acac: ``shifted`` (test_MD_600K),
@@ -41,11 +46,19 @@ epochs of ``energy_errors.h5``, with the force estimator's burn-in) against that
 |E error|: Spearman, cov90, miscalibration area (calibrated and not), CRPS, in eV per structure.
 
 The single-model methods are repeated for models 0 .. n_seeds-1 (each as "the" model, with its
-own trajectories and descriptors); the ensemble is the one M-member ensemble. Costs are
-measured in the same run: training wall time (M models / one model with logging), inference
-time per atom (M forward passes / one forward pass plus the LTAU prediction) and the memory
-footprint at inference. Trained models and their log are kept in ``--work-dir/<dataset>`` (default
-``OUTPUT/work``) and reused by a later run with the same settings (``--retrain``: train afresh).
+own trajectories and descriptors); the ensemble is the one M-member ensemble. ``gmm_latent``
+and ``llpr`` are scalar baselines like ``distance``: their ``u`` (eV/Å) in the Maxwell form,
+the same validation-only isotonic recalibration, the raw ``u`` as atom OOD score and its
+structure maximum as structure score. Costs are measured in the same run: training wall time
+(M models / one model with logging), inference time per atom (M forward passes / one forward
+pass plus the LTAU prediction), the memory footprint at inference and, per seed, each
+single-model baseline's fitting time (ratio to that model's training time) and added inference
+cost on the in-domain set as a ratio to a plain forward pass timed beside it (GMM: scoring the
+descriptors; LLPR: the forward pass with the feature hook, here a second pass, plus the
+variance; beside it the variance alone and the hook's overhead, what capturing the features
+in the prediction's own forward pass would add). Trained models and their log are kept in
+``--work-dir/<dataset>`` (default ``OUTPUT/work``) and reused by a later run with the same
+settings (``--retrain``: train afresh).
 
 Usage::
 
@@ -78,11 +91,16 @@ from _baselines import (
     structure_max,
 )
 from _common import radicals
+from _single_model_baselines import gmm_latent, llpr, mace_last_layer_features
 from ase.data import atomic_numbers
 
 from ltau import ErrorLog, ErrorRecorder, LTAUEstimator, metrics
 from ltau.atomistic.pipeline import VALIDATION_GROUP_KEYS, run_groups, split_validation
-from ltau.atomistic.structures import read_structures
+from ltau.atomistic.structures import (
+    ForceFieldEvaluation,
+    LabelledStructures,
+    read_structures,
+)
 from ltau.demo.emt_data import default_splits, isolated_atom_energies, shifted_test_sets
 from ltau.energy import (
     ENERGY_LOG_NAME,
@@ -107,7 +125,7 @@ VARIANTS = {  # LTAU variant: (burn-in chosen, distance widening, structures as 
     "ltau_atom_widening": (True, True, False, DISTANCE_SCALES),
     "ltau_published": (False, False, False, ("absolute",)),
 }
-METHODS = (*VARIANTS, "distance", "ensemble")
+METHODS = (*VARIANTS, "distance", "gmm_latent", "llpr", "ensemble")
 TABLE_METRICS = {  # per-atom force metrics of labelled sets
     "spearman": "Spearman",
     "auroc_error_flag": "AUROC err>atol",
@@ -403,6 +421,97 @@ def ltau_energy(
     return results, choice
 
 
+def single_model_baselines(
+    trained: TrainedMACE,
+    fit_set: LabelledStructures,
+    fit_descriptors: np.ndarray,
+    sets: dict[str, LabelledStructures],
+    evaluations: dict[str, ForceFieldEvaluation],
+    seed: int,
+) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+    """``gmm_latent`` and ``llpr`` of one model, fitted on its training atoms and chosen on the
+    validation split: their scale ``u`` (eV/Å) ``(n_atoms,)`` per set, and a record of what
+    was chosen and what it cost (seconds; ratios to a plain forward pass on ``in_domain``
+    timed beside the baselines). ``evaluations``: this model's evaluation of every set."""
+    begun = time.perf_counter()
+    validation = evaluations["validation"]
+    elements = {s: structures.chemical_symbols for s, structures in sets.items()}
+    started = time.perf_counter()
+    gmm = gmm_latent(
+        fit_descriptors,
+        validation.descriptors,
+        validation.force_errors,
+        train_elements=fit_set.chemical_symbols,
+        validation_elements=elements["validation"],
+        seed=seed,
+    )
+    gmm_fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    train_features = mace_last_layer_features(trained, fit_set)
+    validation_features = mace_last_layer_features(trained, sets["validation"])
+    rigidity = llpr(train_features, validation_features, validation.force_errors)
+    llpr_fit_seconds = time.perf_counter() - started
+
+    # Inference on the in-domain set, side by side with a plain forward pass.
+    in_domain = sets["in_domain"]
+    started = time.perf_counter()
+    evaluate_mace(trained, in_domain)
+    plain_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    gmm.uncertainty(evaluations["in_domain"].descriptors, elements["in_domain"])
+    gmm_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    in_domain_features = mace_last_layer_features(trained, in_domain)
+    features_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    rigidity.uncertainty(in_domain_features)
+    llpr_seconds = time.perf_counter() - started
+
+    scales: dict[str, dict[str, np.ndarray]] = {"gmm_latent": {}, "llpr": {}}
+    for set_name, structures in sets.items():
+        features = {"validation": validation_features, "in_domain": in_domain_features}.get(
+            set_name
+        )
+        if features is None:
+            features = mace_last_layer_features(trained, structures)
+        descriptors = evaluations[set_name].descriptors
+        scales["gmm_latent"][set_name] = gmm.uncertainty(descriptors, elements[set_name])
+        scales["llpr"][set_name] = rigidity.uncertainty(features)
+    relative = min(rigidity.validation_nll, key=rigidity.validation_nll.get)
+    record = {
+        "gmm_latent": {
+            "components_per_element": {str(e): n for e, n in gmm.n_components.items()},
+            "validation_nll": {
+                str(e): {str(n): v for n, v in per.items()} for e, per in gmm.validation_nll.items()
+            },
+            "scale_map": {"c": gmm.scale_map.c, "b": gmm.scale_map.b},
+            "fit_seconds": gmm_fit_seconds,
+            "score_seconds_in_domain": gmm_seconds,
+            "added_inference_ratio": gmm_seconds / plain_seconds,
+        },
+        "llpr": {
+            "lambda": rigidity.lam,
+            "lambda_relative": relative,
+            "alpha": rigidity.alpha,
+            "n_features": int(train_features.shape[1]),
+            "validation_nll": {str(k): v for k, v in rigidity.validation_nll.items()},
+            "fit_seconds": llpr_fit_seconds,
+            "features_seconds_in_domain": features_seconds,
+            "score_seconds_in_domain": llpr_seconds,
+            "added_inference_ratio": (features_seconds + llpr_seconds) / plain_seconds,
+            "score_ratio": llpr_seconds / plain_seconds,
+            # forward with the hook minus the plain one: what capturing the features inside the
+            # prediction's own pass would add (timing noise can make it negative)
+            "hook_overhead_ratio": (features_seconds - plain_seconds) / plain_seconds,
+        },
+        "plain_forward_seconds_in_domain": plain_seconds,
+    }
+    for method in scales:
+        scales[method] = {s: np.maximum(u, 1e-12) for s, u in scales[method].items()}
+    record["wall_seconds"] = time.perf_counter() - begun  # everything above, all sets
+    return scales, record
+
+
 def run_dataset(
     name: str, members: int, epochs: int, seed: int, n_seeds: int, output_dir: Path, work_dir: Path
 ) -> dict:
@@ -499,9 +608,25 @@ def run_dataset(
             .ood_score
             for set_name in sets
         }
+        single, baseline_record = single_model_baselines(
+            models[member],
+            fit_set,
+            fit_descriptors,
+            sets,
+            {s: evaluations[s][member] for s in sets},
+            seed + member,
+        )
+        for method in single:
+            baseline_record[method]["fit_cost_ratio"] = (
+                baseline_record[method]["fit_seconds"] / train_seconds[member]
+            )
         baselines = {
             "distance": {
                 s: (np.maximum(ood[s], 1e-12), evaluations[s][member].force_errors) for s in sets
+            },
+            **{
+                method: {s: (u[s], evaluations[s][member].force_errors) for s in sets}
+                for method, u in single.items()
             },
             "ensemble": ensemble_runs,
         }
@@ -531,6 +656,7 @@ def run_dataset(
                 "choices": choices,
                 "atol": atol,
                 "spearman_by_k": spearman_by_k,
+                "baselines": baseline_record,
                 "methods": results,
                 "energy_choice": energy_choice,
                 "energy": {"ltau": energy, "ensemble": ensemble_energies},
@@ -579,11 +705,26 @@ def run_dataset(
         "inference_us_per_atom_ensemble": 1e6 * sum(forward_seconds["in_domain"]) / n_atoms,
         "inference_cost_ratio": sum(forward_seconds["in_domain"]) / single_cost,
         "ltau_predict_us_per_atom": 1e6 * ltau_seconds / n_atoms,
+        "ltau_added_inference_ratio": ltau_seconds / forward_seconds["in_domain"][0],
+        "baseline_costs": baseline_costs(per_seed),
         "inference_memory_ratio": members * parameters / (parameters + estimator_bytes),
         "force_rmse": {
             s: [metrics.rmse(evaluations[s][m].force_errors) for m in range(n_seeds)]
             for s in labelled
         },
+    }
+
+
+def baseline_costs(per_seed: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean over seeds of each single-model baseline's costs (seconds and ratios)."""
+    return {
+        method: {
+            key: float(np.mean([run["baselines"][method][key] for run in per_seed]))
+            for key in record
+            if "seconds" in key or "ratio" in key
+        }
+        for method, record in per_seed[0]["baselines"].items()
+        if isinstance(record, dict)
     }
 
 
@@ -677,6 +818,25 @@ def markdown_table(report: dict) -> str:
             f"{values['train_cost_ratio']:.2f}, inference cost ratio "
             f"{values['inference_cost_ratio']:.2f})\n"
         )
+        costs = values["baseline_costs"]
+        gmm_components = [
+            run["baselines"]["gmm_latent"]["components_per_element"] for run in values["per_seed"]
+        ]
+        llpr_lambdas = [run["baselines"]["llpr"]["lambda_relative"] for run in values["per_seed"]]
+        lines.append(
+            "Single-model baselines (means over seeds): added inference cost per atom as a "
+            "ratio to one plain forward pass: LTAU "
+            f"{values['ltau_added_inference_ratio']:.3f}, gmm_latent "
+            f"{costs['gmm_latent']['added_inference_ratio']:.3f}, llpr "
+            f"{costs['llpr']['added_inference_ratio']:.3f} with a second forward pass "
+            f"(the variance alone {costs['llpr']['score_ratio']:.4f}; the feature hook's "
+            f"overhead, forward with it minus without, {costs['llpr']['hook_overhead_ratio']:.3f}"
+            "); fitting time as a ratio to one model's training: gmm_latent "
+            f"{costs['gmm_latent']['fit_cost_ratio']:.4f}, llpr "
+            f"{costs['llpr']['fit_cost_ratio']:.4f}; GMM components per element per seed "
+            f"{gmm_components}; LLPR λ (relative to the mean eigenvalue of FᵀF) per seed "
+            f"{llpr_lambdas}.\n"
+        )
         lines.append(f"Per-atom force-error metrics ({dataset}, labelled sets):\n")
         lines.append("| test set | method | " + " | ".join(TABLE_METRICS.values()) + " |")
         lines.append("|---|---|" + "---|" * len(TABLE_METRICS))
@@ -764,6 +924,22 @@ def main(argv: list[str] | None = None) -> dict:
         "train_cost_ratio": {d: v["train_cost_ratio"] for d, v in report["datasets"].items()},
         "inference_cost_ratio": {
             d: v["inference_cost_ratio"] for d, v in report["datasets"].items()
+        },
+        "baseline_costs": {
+            d: {
+                method: {
+                    key: costs[key]
+                    for key in (
+                        "added_inference_ratio",
+                        "score_ratio",
+                        "hook_overhead_ratio",
+                        "fit_cost_ratio",
+                    )
+                    if key in costs
+                }
+                for method, costs in v["baseline_costs"].items()
+            }
+            for d, v in report["datasets"].items()
         },
         **{
             d: _flat(v["methods"], (*TABLE_METRICS, *OOD_METRICS))

@@ -171,18 +171,26 @@ def test_bad_settings_and_queries_are_named():
         model.uncertainty(np.ones((2, 4)))
 
 
-def test_mace_last_layer_features_carry_the_readout_energies_linearly():
+@pytest.fixture(scope="module")
+def tiny_mace():
+    """A one-epoch MACE on six Cu+H frames, and those frames as labelled structures."""
     pytest.importorskip("mace")
-    from _single_model_baselines import mace_last_layer_features
-
     from ltau.atomistic.structures import read_structures
     from ltau.demo.emt_data import make_md_dataset
-    from ltau.integrations.mace import MACESettings, evaluate_mace, train_mace
+    from ltau.integrations.mace import MACESettings, train_mace
 
     frames = make_md_dataset(["Cu"], ["H"], 300.0, 6, seed=3, progress=False, slab_size=(2, 2, 2))
     train = read_structures(frames, energy_key="REF_energy", forces_key="REF_forces")
     settings = MACESettings(r_max=4.0, num_channels=8, mlp_channels=8, batch_size=4, seed=2)
-    trained = train_mace(train, epochs=1, settings=settings, progress=False)
+    return train_mace(train, epochs=1, settings=settings, progress=False), train
+
+
+def test_mace_last_layer_features_carry_the_readout_energies_linearly(tiny_mace):
+    from _single_model_baselines import mace_last_layer_features
+
+    from ltau.integrations.mace import evaluate_mace
+
+    trained, train = tiny_mace
     features = mace_last_layer_features(trained, train)
     readout_energies = []
     hooks = [
@@ -200,3 +208,53 @@ def test_mace_last_layer_features_carry_the_readout_energies_linearly():
     assert features.shape == (train.n_atoms, 16) and features.dtype == np.float64
     coefficients = np.linalg.lstsq(features, atomic, rcond=None)[0]
     assert np.abs(features @ coefficients - atomic).max() < 1e-5 * np.abs(atomic).max()
+
+
+def test_ensemble_benchmark_fits_both_baselines_on_its_splits(tiny_mace):
+    """The benchmark's wiring: each set's scale is the baseline fitted on the training atoms'
+    descriptors / features and chosen on the validation split, applied to that set."""
+    from _single_model_baselines import mace_last_layer_features
+    from ensemble import single_model_baselines
+
+    from ltau.atomistic.structures import read_structures
+    from ltau.demo.emt_data import make_md_dataset
+    from ltau.integrations.mace import evaluate_mace
+
+    trained, train = tiny_mace
+    hot = make_md_dataset(["Cu"], ["H"], 900.0, 2, seed=5, progress=False, slab_size=(2, 2, 2))
+    sets = {
+        "validation": train.subset([4, 5]),
+        "in_domain": train.subset([3]),
+        "hot": read_structures(hot, energy_key="REF_energy", forces_key="REF_forces"),
+    }
+    fit = train.subset([0, 1, 2, 3])
+    fit_descriptors = evaluate_mace(trained, fit).descriptors
+    evaluations = {name: evaluate_mace(trained, s) for name, s in sets.items()}
+    scales, record = single_model_baselines(
+        trained, fit, fit_descriptors, sets, evaluations, seed=1
+    )
+    validation = evaluations["validation"]
+    gmm = gmm_latent(
+        fit_descriptors,
+        validation.descriptors,
+        validation.force_errors,
+        train_elements=fit.chemical_symbols,
+        validation_elements=sets["validation"].chemical_symbols,
+        seed=1,
+    )
+    rigidity = llpr(
+        mace_last_layer_features(trained, fit),
+        mace_last_layer_features(trained, sets["validation"]),
+        validation.force_errors,
+    )
+    for name, structures in sets.items():
+        expected = gmm.uncertainty(evaluations[name].descriptors, structures.chemical_symbols)
+        np.testing.assert_allclose(scales["gmm_latent"][name], expected, rtol=1e-9)
+        expected = rigidity.uncertainty(mace_last_layer_features(trained, structures))
+        np.testing.assert_allclose(scales["llpr"][name], expected, rtol=1e-9)
+    chosen = record["gmm_latent"]["components_per_element"]
+    assert set(chosen) == {"Cu", "H"} and chosen == {str(e): n for e, n in gmm.n_components.items()}
+    assert record["llpr"]["alpha"] == pytest.approx(rigidity.alpha)
+    assert record["llpr"]["lambda"] == pytest.approx(rigidity.lam)
+    assert record["gmm_latent"]["added_inference_ratio"] > 0
+    assert record["llpr"]["fit_seconds"] > 0
