@@ -11,7 +11,7 @@ from ltau_reference import reseal
 
 from ltau import Bins, ErrorDistributions, LTAUEstimator, LTAUFileError, LTAUInputError
 from ltau._io import sign_attributes
-from ltau.calibration import DistanceWidening, ErrorScaleCalibrator
+from ltau.calibration import MIN_TOTAL_EXPONENT, DistanceWidening, ErrorScaleCalibrator
 from ltau.estimator import _ESTIMATOR_ATTRIBUTES_V1
 from ltau.histogram import cdf_at
 from ltau.histogram import quantiles as mixture_quantiles
@@ -65,13 +65,43 @@ def test_negative_dependence_gives_zero_exponent_and_no_groups_means_one_exponen
     ood = rng.lognormal(size=500)
     expected = np.ones(500)
     shrinking = ood**-0.7 * rng.lognormal(sigma=0.1, size=500)
-    widening = DistanceWidening.fit(ood, None, expected, shrinking)
+    widening = DistanceWidening.fit(ood, None, expected, shrinking, min_total_exponent=0.0)
     assert widening.exponent == 0.0 and widening.group_exponent == 0.0
     np.testing.assert_array_equal(widening.factors(ood, None), np.ones(500))
     growing = ood**0.8 * rng.lognormal(sigma=0.1, size=500)
-    widening = DistanceWidening.fit(ood, None, expected, growing)
+    widening = DistanceWidening.fit(ood, None, expected, growing, min_total_exponent=0.0)
     assert widening.exponent == pytest.approx(0.8, abs=0.05)
     assert widening.group_exponent == 0.0
+    # By default the total exponent is at least MIN_TOTAL_EXPONENT, whatever validation shows.
+    for observed in (shrinking, growing):
+        widening = DistanceWidening.fit(ood, None, expected, observed)
+        assert widening.exponent == MIN_TOTAL_EXPONENT and widening.group_exponent == 0.0
+    steeper = ood**1.6 * rng.lognormal(sigma=0.1, size=500)
+    assert DistanceWidening.fit(ood, None, expected, steeper).exponent == pytest.approx(
+        1.6, abs=0.05
+    )
+
+
+def test_the_total_exponent_floor_splits_between_atom_and_group_terms():
+    """Below the floor, a and b are refitted by least squares on a + b = floor: a planted
+    atom-only growth of 0.3 keeps a near 0.3 and gives b the rest; a growth that validation sees
+    as none at all still gets the floor in total (the case of the EMT validation structures)."""
+    rng = np.random.default_rng(8)
+    groups = np.repeat(np.arange(300), 10)
+    group_level = rng.lognormal(sigma=0.4, size=300)[groups]
+    ood = group_level * rng.lognormal(sigma=0.5, size=groups.size)
+    group_score = (np.bincount(groups, ood) / np.bincount(groups))[groups]
+    expected = np.ones(groups.size)
+    # Errors grow with the atom's own score relative to its structure's only: a + b = 0.3 - 0.3.
+    observed = (ood / group_score) ** 0.3 * rng.lognormal(sigma=0.1, size=groups.size)
+    plain = DistanceWidening.fit(ood, group_score, expected, observed, min_total_exponent=0.0)
+    assert plain.exponent + plain.group_exponent < 0.5  # so the floor binds
+    floored = DistanceWidening.fit(ood, group_score, expected, observed)
+    assert floored.exponent + floored.group_exponent == pytest.approx(MIN_TOTAL_EXPONENT)
+    assert floored.exponent == pytest.approx(0.3, abs=0.1)
+    assert floored.group_exponent == pytest.approx(0.7, abs=0.1)
+    with pytest.raises(LTAUInputError, match="min_total_exponent"):
+        DistanceWidening.fit(ood, group_score, expected, observed, min_total_exponent=-1.0)
 
 
 def test_widening_round_trips_and_refuses_bad_values():
