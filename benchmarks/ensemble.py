@@ -17,6 +17,8 @@ quantile of validation errors). Methods, on the same test atoms:
 * ``ltau_absolute_distance`` - the same with absolute distances only (the default until the
   local scale was added);
 * ``ltau_all_epochs``      - the default with every epoch kept (k and scale chosen the same way);
+* ``ltau_no_floor``        - the default without the widening's floor on its total exponent
+  (least-squares exponents only, the default before issue 17);
 * ``ltau_atom_widening``   - the default, widened with the atom OOD score only (no structures);
 * ``ltau_published``       - the method as published: kNN mixture, then isotonic calibration;
 * ``distance``             - the model's mean distance to the k nearest training atoms alone;
@@ -101,6 +103,7 @@ from ltau.atomistic.structures import (
     LabelledStructures,
     read_structures,
 )
+from ltau.calibration import MIN_TOTAL_EXPONENT
 from ltau.demo.emt_data import default_splits, isolated_atom_energies, shifted_test_sets
 from ltau.energy import (
     ENERGY_LOG_NAME,
@@ -118,12 +121,13 @@ from ltau.selection import (
 )
 
 ACAC = Path(__file__).resolve().parents[2] / "shared" / "data" / "acac"
-VARIANTS = {  # LTAU variant: (burn-in chosen, distance widening, structures as groups, scales)
-    "ltau": (True, True, True, DISTANCE_SCALES),
-    "ltau_absolute_distance": (True, True, True, ("absolute",)),
-    "ltau_all_epochs": (False, True, True, DISTANCE_SCALES),
-    "ltau_atom_widening": (True, True, False, DISTANCE_SCALES),
-    "ltau_published": (False, False, False, ("absolute",)),
+VARIANTS = {  # LTAU variant: (burn-in chosen, widening, structures as groups, scales, floor)
+    "ltau": (True, True, True, DISTANCE_SCALES, MIN_TOTAL_EXPONENT),
+    "ltau_no_floor": (True, True, True, DISTANCE_SCALES, 0.0),
+    "ltau_absolute_distance": (True, True, True, ("absolute",), MIN_TOTAL_EXPONENT),
+    "ltau_all_epochs": (False, True, True, DISTANCE_SCALES, MIN_TOTAL_EXPONENT),
+    "ltau_atom_widening": (True, True, False, DISTANCE_SCALES, MIN_TOTAL_EXPONENT),
+    "ltau_published": (False, False, False, ("absolute",), 0.0),
 }
 METHODS = (*VARIANTS, "distance", "gmm_latent", "llpr", "ensemble")
 TABLE_METRICS = {  # per-atom force metrics of labelled sets
@@ -569,7 +573,7 @@ def run_dataset(
         bins = candidates[0].bins
         scores: dict[str, dict[str, SetScores]] = {}
         choices: dict[str, dict] = {}
-        for variant, (burn_in, widen, use_groups, scales) in VARIANTS.items():
+        for variant, (burn_in, widen, use_groups, scales, floor) in VARIANTS.items():
             if widen:
                 chosen = choose_configuration(
                     fit_descriptors,
@@ -578,6 +582,7 @@ def run_dataset(
                     validation_m.force_errors,
                     groups["validation"],
                     group_widening=use_groups,
+                    widening_floor=floor,
                     distance_scales=scales,
                     fold_groups=validation_runs,
                 )
@@ -593,6 +598,7 @@ def run_dataset(
                 validation_m.force_errors,
                 groups=groups["validation"] if use_groups else None,
                 widen=widen,
+                widening_floor=floor,
             )
             if member == 0 and variant == "ltau":
                 default_estimator = estimator

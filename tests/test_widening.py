@@ -318,3 +318,19 @@ def test_resolution_is_the_lowest_recorded_bin_and_flags_overconfidence():
     squeezed = estimator.predict(np.array([[0.2]]))
     assert squeezed.below_resolution[0]
     assert squeezed.columns()["below_resolution"][0]
+
+
+def test_the_estimator_passes_its_widening_floor_on(shifted_problem):
+    train, distributions, (x_val, e_val, g_val), _ = shifted_problem
+    estimator = LTAUEstimator(20).fit(train, distributions)
+    raw = estimator.predict(x_val, groups=g_val, calibrated=False)
+    group_scores = (np.bincount(g_val, raw.ood_score) / np.bincount(g_val))[g_val]
+    for floor in (0.0, 3.0):
+        estimator.calibrate(x_val, e_val, groups=g_val, widening_floor=floor)
+        direct = DistanceWidening.fit(
+            raw.ood_score, group_scores, raw.expected_error, e_val, min_total_exponent=floor
+        )
+        assert estimator.widening_ == direct
+    assert estimator.widening_.exponent + estimator.widening_.group_exponent == pytest.approx(3.0)
+    with pytest.raises(LTAUInputError, match="min_total_exponent"):
+        estimator.calibrate(x_val, e_val, groups=g_val, widening_floor=-0.5)

@@ -55,7 +55,12 @@ from ltau._io import (
     sign_attributes,
     write_array,
 )
-from ltau.calibration import DistanceWidening, calibrator_from_dict, make_calibrator
+from ltau.calibration import (
+    MIN_TOTAL_EXPONENT,
+    DistanceWidening,
+    calibrator_from_dict,
+    make_calibrator,
+)
 from ltau.distributions import (
     ErrorDistributions,
     read_distributions_group,
@@ -760,13 +765,15 @@ class LTAUEstimator:
         *,
         groups: np.ndarray | None = None,
         widen: bool = True,
+        widening_floor: float = MIN_TOTAL_EXPONENT,
     ) -> LTAUEstimator:
         """Fit a recalibration map on held-out data (never the test set); returns ``self``.
 
         ``descriptors`` ``(n, dim)`` and observed ``errors`` ``(n,)`` (>= 0, the unit of the
         recorded errors) of a validation split, with optional ``groups`` ``(n,)`` as in
         :meth:`predict`. ``widen``: first fit a :class:`~ltau.calibration.DistanceWidening`
-        (how errors grow with the OOD score and the group's OOD score). ``method``:
+        (how errors grow with the OOD score and the group's OOD score; its total exponent at
+        least ``widening_floor``, see :class:`~ltau.calibration.DistanceWidening`). ``method``:
         ``"scale"`` (one factor on the error axis) or ``"isotonic"`` (scale, then an isotonic
         map of CDF levels; Kuleshov et al. 2018), fitted on the widened distributions.
         Afterwards ``predict`` returns calibrated statistics unless ``calibrated=False``; the
@@ -778,7 +785,7 @@ class LTAUEstimator:
         calibrator = make_calibrator(method)
         boolean(widen, "widen")
         raw = self.predict(descriptors, groups=groups, return_pdf=True, calibrated=False)
-        return self._fit_calibration(raw, errors, calibrator, groups, widen)
+        return self._fit_calibration(raw, errors, calibrator, groups, widen, widening_floor)
 
     def calibrate_from_neighbors(
         self,
@@ -789,6 +796,7 @@ class LTAUEstimator:
         *,
         groups: np.ndarray | None = None,
         widen: bool = True,
+        widening_floor: float = MIN_TOTAL_EXPONENT,
     ) -> LTAUEstimator:
         """:meth:`calibrate` given the validation queries' neighbours already found
         (``distances``, ``indices`` ``(n, k)`` as from :meth:`kneighbors`); returns ``self``."""
@@ -798,7 +806,7 @@ class LTAUEstimator:
         raw = self.predict_from_neighbors(
             distances, indices, groups=groups, return_pdf=True, calibrated=False
         )
-        return self._fit_calibration(raw, errors, calibrator, groups, widen)
+        return self._fit_calibration(raw, errors, calibrator, groups, widen, widening_floor)
 
     def _fit_calibration(
         self,
@@ -807,6 +815,7 @@ class LTAUEstimator:
         calibrator,
         groups: np.ndarray | None,
         widen: bool,
+        widening_floor: float,
     ) -> LTAUEstimator:
         """Fit the widening (if ``widen``) and ``calibrator`` on the uncalibrated prediction
         ``raw`` (with its PDF) of validation queries whose observed errors are ``errors``."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from ltau import metrics
 from ltau._checks import as_error_vector, as_float_matrix, group_labels, positive_int
+from ltau.calibration import MIN_TOTAL_EXPONENT
 from ltau.distributions import ErrorDistributions
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
@@ -157,6 +158,7 @@ def choose_configuration(
     *,
     widen: bool = True,
     group_widening: bool = True,
+    widening_floor: float = MIN_TOTAL_EXPONENT,
     k_candidates: tuple[int, ...] = K_CANDIDATES,
     distance_scales: tuple[str, ...] = DISTANCE_SCALES,
     fold_groups: np.ndarray | None = None,
@@ -172,7 +174,7 @@ def choose_configuration(
     atom; ``None``, or fewer structures than folds: single samples). For every setting, an
     estimator on the training ``descriptors`` ``(n_train, d)`` and that burn-in's
     distributions is calibrated (``calibration``, with the distance widening if ``widen``, on
-    structures too if ``group_widening``) on all folds but one and scored (CRPS, error units)
+    structures too if ``group_widening``, total exponent at least ``widening_floor``) on all folds but one and scored (CRPS, error units)
     on the held-out fold; ties keep the earlier setting. Returns ``{"k", "skip_epochs",
     "distance_scale", "cv_crps": {"skip_epochs=S,k=K,distance_scale=D": CRPS}}``.
     """
@@ -236,6 +238,7 @@ def choose_configuration(
                 method=calibration,
                 groups=None if fit_groups is None else fit_groups[kept],
                 widen=widen,
+                widening_floor=widening_floor,
             )
             prediction = estimator.predict_from_neighbors(
                 distances[held_out],
