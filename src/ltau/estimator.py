@@ -825,7 +825,13 @@ class LTAUEstimator:
         widening = None
         if widen:
             group_scores = _group_scores(groups, raw.ood_score)
-            widening = DistanceWidening.fit(raw.ood_score, group_scores, raw.expected_error, errors)
+            widening = DistanceWidening.fit(
+                raw.ood_score,
+                group_scores,
+                raw.expected_error,
+                errors,
+                min_total_exponent=widening_floor,
+            )
             errors = errors / widening.factors(raw.ood_score, group_scores)
         self.calibrator_ = calibrator.fit(mass, self.bins, errors)
         self.widening_ = widening
