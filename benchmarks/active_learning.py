@@ -247,7 +247,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-scale", type=float, default=1.0, help="EMT set size factor")
     parser.add_argument("--slab", type=int, nargs=3, default=[3, 3, 3])
     parser.add_argument("--tiny-model", action="store_true", help="8-channel MACE (checks)")
-    parser.add_argument("--output-dir", type=Path, default=Path("results/active_learning"))
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path(__file__).parent / "results" / "active_learning"
+    )
     args = parser.parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     per_seed = []
