@@ -28,7 +28,7 @@ from ase import Atoms
 
 from ltau._checks import integer, tolerance
 from ltau.atomistic.pipeline import Evaluation
-from ltau.atomistic.structures import LabelledStructures
+from ltau.atomistic.structures import LabelledStructures, check_elements
 from ltau.estimator import LTAUEstimator
 from ltau.exceptions import LTAUInputError
 
@@ -58,19 +58,6 @@ class Selection:
     pool_scores: np.ndarray
     rule: str
     atol: float | None = None
-
-
-def check_elements(structures: Sequence[Atoms], known: Sequence[str]) -> None:
-    """Raise :class:`LTAUInputError` naming the first structure with an element not in
-    ``known``."""
-    known_set = set(known)
-    for position, atoms in enumerate(structures):
-        unknown = sorted(set(atoms.get_chemical_symbols()) - known_set)
-        if unknown:
-            raise LTAUInputError(
-                f"structure {position} has element(s) {', '.join(unknown)} that the model was "
-                "not trained on"
-            )
 
 
 def check_fingerprint(estimator: LTAUEstimator, fingerprint: str | None) -> None:

@@ -215,3 +215,16 @@ def _labels(
     if kind == "energy":
         return np.asarray(values, dtype=np.float64)
     return [np.asarray(v, dtype=np.float64).reshape(-1, 3) for v in values]
+
+
+def check_elements(structures: Sequence[Atoms], known: Sequence[str]) -> None:
+    """Raise :class:`LTAUInputError` naming the first structure with an element not in
+    ``known``."""
+    known_set = set(known)
+    for position, atoms in enumerate(structures):
+        unknown = sorted(set(atoms.get_chemical_symbols()) - known_set)
+        if unknown:
+            raise LTAUInputError(
+                f"structure {position} has element(s) {', '.join(unknown)} that the model was "
+                "not trained on"
+            )

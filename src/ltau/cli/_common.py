@@ -41,6 +41,22 @@ def input_file(path: Path) -> Path:
     return path
 
 
+def read_structure_file(path: Path) -> list:
+    """Every structure of an ASE-readable file (``ase.io.read(path, index=":")``), refusing a
+    missing, unreadable or empty file with a clear error."""
+    import ase.io
+
+    if not path.exists():
+        raise LTAUFileError(f"{path} does not exist")
+    try:
+        structures = ase.io.read(path, index=":")
+    except Exception as exc:
+        raise LTAUFileError(f"{path} could not be read as structures: {exc}") from exc
+    if not structures:
+        raise LTAUInputError(f"{path} holds no structures")
+    return structures
+
+
 def writable_directory(path: Path) -> Path:
     """Refuse an output directory that cannot be created or written to, before any work; the
     directory itself is created later, by the command that fills it."""

@@ -10,10 +10,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ltau._io import atomic_path
-from ltau.cli._common import writable_directory
+from ltau.cli._common import read_structure_file, writable_directory
 from ltau.cli._models import add_model_options, load_model
 from ltau.estimator import LTAUEstimator
-from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.exceptions import LTAUInputError
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +55,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     """Relax every structure and write trajectories and a summary."""
     try:
-        import ase.io
-
         from ltau.atomistic.relaxation import (
             QUANTITIES,
             check_settings,
             check_stop_thresholds,
             relax,
         )
+        from ltau.atomistic.structures import check_elements
     except ImportError as exc:
         raise LTAUInputError(
             f"relax needs ASE (the 'mace' extra: pip install 'ltau[mace]'): {exc}"
@@ -81,22 +80,8 @@ def run(args: argparse.Namespace) -> None:
     atol = args.atol if args.atol is not None else estimator.metadata_.get("atol_eV_per_A")
     if atol is None:
         raise LTAUInputError(f"{args.estimator} stores no atol_eV_per_A: give --atol")
-    if not args.structures.exists():
-        raise LTAUFileError(f"{args.structures} does not exist")
-    try:
-        initial = ase.io.read(args.structures, index=":")
-    except Exception as exc:
-        raise LTAUFileError(f"{args.structures} could not be read as structures: {exc}") from exc
-    if not initial:
-        raise LTAUInputError(f"{args.structures} holds no structures")
-    known = set(forcefield.elements)
-    for position, atoms in enumerate(initial):
-        unknown = sorted(set(atoms.get_chemical_symbols()) - known)
-        if unknown:
-            raise LTAUInputError(
-                f"structure {position} has element(s) {', '.join(unknown)} that the model was "
-                "not trained on"
-            )
+    initial = read_structure_file(args.structures)
+    check_elements(initial, forcefield.elements)
     calculator = forcefield.calculator(estimator, atol=float(atol))
     args.output_dir.mkdir(parents=True, exist_ok=True)
     rows = []

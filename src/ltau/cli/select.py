@@ -7,10 +7,10 @@ import logging
 from pathlib import Path
 
 from ltau._io import atomic_path
-from ltau.cli._common import output_file
+from ltau.cli._common import output_file, read_structure_file
 from ltau.cli._models import add_model_options, load_model
 from ltau.estimator import LTAUEstimator
-from ltau.exceptions import LTAUFileError, LTAUInputError
+from ltau.exceptions import LTAUInputError
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +64,7 @@ def run(args: argparse.Namespace) -> None:
     output_file(args.output)
     if args.n < 1:
         raise LTAUInputError(f"-n must be a positive integer; got {args.n}")
-    if not args.pool.exists():
-        raise LTAUFileError(f"{args.pool} does not exist")
-    try:
-        pool = ase.io.read(args.pool, index=":")
-    except Exception as exc:
-        raise LTAUFileError(f"{args.pool} could not be read as structures: {exc}") from exc
-    if not pool:
-        raise LTAUInputError(f"{args.pool} holds no structures")
+    pool = read_structure_file(args.pool)
     if args.n > len(pool):
         raise LTAUInputError(f"cannot pick {args.n} structures from a pool of {len(pool)}")
     estimator = LTAUEstimator.load(args.estimator)
