@@ -135,7 +135,8 @@ class GMMLatent:
 
     ``mean`` / ``std``: ``(d,)`` the training descriptors' standardisation; ``mixtures``:
     element label -> fitted :class:`~sklearn.mixture.GaussianMixture`; ``n_components``: the
-    validated choice per element; ``validation_nll``: element -> {components: mean NLL};
+    validated choice per element; ``validation_nll``: element -> {components: mean
+    validation NLL, or training BIC for an element without validation atoms};
     ``scale_map``: NLL -> ``u`` (eV/Å), None until :meth:`fit_scale`.
     """
 
@@ -183,11 +184,14 @@ def gmm_latent(
     validation_elements: Sequence | np.ndarray | None = None,
     components: Sequence[int] = COMPONENTS,
     seed: int = 0,
+    without_validation: str = "error",
 ) -> GMMLatent:
     """Fit the latent GMM baseline: per element, the number of components among
     ``components`` with the lowest validation NLL, then the NLL -> ``u`` map on the validation
     force errors ``(n_validation,)`` (eV/Å). Descriptors ``(n, d)``; elements: one label per
-    atom (None: a single mixture)."""
+    atom (None: a single mixture). An element with no validation atoms is an error, or with
+    ``without_validation="bic"`` gets the count with the lowest BIC on its training atoms
+    (small labelled sets, as in active learning)."""
     from sklearn.mixture import GaussianMixture
 
     train = _features(train_descriptors, "training descriptors")
@@ -195,6 +199,10 @@ def gmm_latent(
     errors = _errors(validation_errors, validation.shape[0])
     train_labels = _labels(train_elements, train.shape[0], "training elements")
     validation_labels = _labels(validation_elements, validation.shape[0], "validation elements")
+    if without_validation not in ("error", "bic"):
+        raise LTAUInputError(
+            f"without_validation must be 'error' or 'bic'; got {without_validation!r}"
+        )
     if not components or any(int(c) != c or c < 1 for c in components):
         raise LTAUInputError(f"components must be positive integers; got {list(components)}")
     mean = train.mean(axis=0)
@@ -204,14 +212,17 @@ def gmm_latent(
     for label in np.unique(train_labels).tolist():
         rows = train[train_labels == label]
         held_out = validation[validation_labels == label]
-        if held_out.shape[0] == 0:
+        if held_out.shape[0] == 0 and without_validation != "bic":
             raise LTAUInputError(f"no validation atoms of element {label!r} to choose on")
         scores = {}
         fitted = {}
-        for n in sorted({int(c) for c in components if c <= rows.shape[0]}):
+        for n in sorted({int(c) for c in components if 2 <= c * 2 <= rows.shape[0]}):
             mixture = GaussianMixture(n, covariance_type="full", reg_covar=1e-6, random_state=seed)
             fitted[n] = mixture.fit(rows)
-            scores[n] = float(-mixture.score(held_out))
+            if held_out.shape[0]:
+                scores[n] = float(-mixture.score(held_out))
+            else:
+                scores[n] = float(mixture.bic(rows))
         if not fitted:
             raise LTAUInputError(f"element {label!r} has too few training atoms for a mixture")
         best = min(scores, key=scores.get)

@@ -66,6 +66,12 @@ Usage::
 
     python benchmarks/ensemble.py                       # both datasets, M=5, 5 seeds
     python benchmarks/ensemble.py --datasets emt --members 2 --seeds 2 --epochs 3   # quick
+    python benchmarks/ensemble.py --tables-from benchmarks/results/ensemble/results.json
+
+``table.md`` opens with LTAU beside the baselines (``distance``, ``gmm_latent``, ``llpr``, the
+ensemble, and ``benchmarks/shallow_ensemble.py``'s shallow ensemble when its results are at
+``--shallow-results``) with their costs as ratios to one plain model; ``--tables-from``
+rewrites the tables from an earlier run's ``results.json`` without training or evaluating.
 """
 
 from __future__ import annotations
@@ -877,6 +883,67 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+BASELINE_ROWS = ("ltau", "distance", "gmm_latent", "llpr", "ensemble")
+GLANCE_METRICS = {
+    key: TABLE_METRICS[key]
+    for key in ("spearman", "auroc_error_flag", "ause", "miscalibration_area", "coverage90", "crps")
+}
+
+
+def method_costs(values: dict) -> dict[str, tuple[float | None, float | None]]:
+    """Per method of :data:`BASELINE_ROWS`, (added inference cost per atom, training cost), as
+    ratios to one plain model's forward pass and training; None where not measured. LTAU's
+    and distance's training is the one model's (the logging inside it); GMM and LLPR add their
+    fit to it; the ensemble trains M models and runs M forwards."""
+    costs = values["baseline_costs"]
+    forward_us = values["inference_us_per_atom_ltau"] - values["ltau_predict_us_per_atom"]
+    return {
+        "ltau": (values["ltau_added_inference_ratio"], 1.0),
+        "distance": (None, 1.0),
+        "gmm_latent": (
+            costs["gmm_latent"]["added_inference_ratio"],
+            1.0 + costs["gmm_latent"]["fit_cost_ratio"],
+        ),
+        "llpr": (costs["llpr"]["added_inference_ratio"], 1.0 + costs["llpr"]["fit_cost_ratio"]),
+        "ensemble": (
+            values["inference_us_per_atom_ensemble"] / forward_us - 1.0,
+            values["train_cost_ratio"],
+        ),
+    }
+
+
+def baselines_table(report: dict, shallow: dict | None = None) -> str:
+    """Per dataset, LTAU beside the baselines on the in-domain and shifted sets: the force
+    metrics, the structure-level OOD AUROC and the costs (means over seeds); with ``shallow``
+    (a ``benchmarks/shallow_ensemble.py`` report), its ``shallow_ensemble`` rows too."""
+    lines = []
+    for dataset, values in report["datasets"].items():
+        methods, costs = dict(values["methods"]), method_costs(values)
+        rows = list(BASELINE_ROWS)
+        if shallow is not None and dataset in shallow["datasets"]:
+            extra = shallow["datasets"][dataset]
+            methods["shallow_ensemble"] = extra["methods"]["shallow_ensemble"]
+            costs["shallow_ensemble"] = (extra["added_inference_ratio"], extra["train_cost_ratio"])
+            rows.insert(rows.index("ensemble"), "shallow_ensemble")
+        lines.append(f"\n**{dataset}**: LTAU beside the baselines (means over seeds)\n")
+        header = [*GLANCE_METRICS.values(), "OOD AUROC (structures)"]
+        header += ["added inference / atom", "training"]
+        lines.append("| test set | method | " + " | ".join(header) + " |")
+        lines.append("|---|---|" + "---|" * len(header))
+        for set_name in ("in_domain", "shifted"):
+            for method in rows:
+                per_metric = methods[method][set_name]
+                cells = [
+                    f"{per_metric[m]['mean']:.3f}"
+                    if per_metric.get(m, {}).get("mean") is not None
+                    else ""
+                    for m in (*GLANCE_METRICS, "auroc_structure_vs_in_domain")
+                ]
+                cells += ["" if value is None else f"{value:.3f}" for value in costs[method]]
+                lines.append(f"| {set_name} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _flat(summary: dict, names: tuple[str, ...]) -> dict:
     """``{method: {set: {metric: mean, metric_std: std}}}`` of the metrics ``names``."""
     return {
@@ -891,6 +958,13 @@ def _flat(summary: dict, names: tuple[str, ...]) -> dict:
         }
         for method, per_set in summary.items()
     }
+
+
+def tables(report: dict, shallow_results: Path) -> str:
+    """``table.md``: the baselines at a glance (with the shallow ensemble's rows if
+    ``shallow_results`` exists), then every variant and set."""
+    shallow = json.loads(shallow_results.read_text()) if shallow_results.exists() else None
+    return baselines_table(report, shallow) + markdown_table(report)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -909,7 +983,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--output-dir", type=Path, default=Path(__file__).parent / "results" / "ensemble"
     )
+    parser.add_argument(
+        "--tables-from",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="only rewrite table.md from an earlier run's results.json",
+    )
+    parser.add_argument(
+        "--shallow-results",
+        type=Path,
+        help="benchmarks/shallow_ensemble.py's results.json, added to the table of the "
+        "baselines if it exists (default OUTPUT/shallow/results.json)",
+    )
     args = parser.parse_args(argv)
+    shallow = args.shallow_results or args.output_dir / "shallow" / "results.json"
+    if args.tables_from is not None:
+        report = json.loads(args.tables_from.read_text())
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        (args.output_dir / "table.md").write_text(tables(report, shallow))
+        print(json.dumps({d: method_costs(v) for d, v in report["datasets"].items()}))
+        return report
     if args.members < 2:
         parser.error("--members must be at least 2 (an ensemble)")
     args.seeds = args.members if args.seeds is None else args.seeds
@@ -924,7 +1017,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["datasets"][name] = run_dataset(
             name, args.members, args.epochs, args.seed, args.seeds, args.output_dir, work_dir
         )
-    (args.output_dir / "table.md").write_text(markdown_table(report))
+    (args.output_dir / "table.md").write_text(tables(report, shallow))
     (args.output_dir / "results.json").write_text(json.dumps(report, indent=2))
     flat = {
         "train_cost_ratio": {d: v["train_cost_ratio"] for d, v in report["datasets"].items()},
@@ -953,7 +1046,7 @@ def main(argv: list[str] | None = None) -> dict:
             for d, v in report["datasets"].items()
         },
     }
-    print(markdown_table(report))
+    print(tables(report, shallow))
     print(json.dumps(flat))
     return report
 

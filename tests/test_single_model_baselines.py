@@ -62,6 +62,26 @@ def test_gmm_fits_one_mixture_per_element():
         model.score(copper[:1], ["O"])
 
 
+def test_gmm_chooses_by_bic_for_an_element_without_validation_atoms():
+    rng = np.random.default_rng(4)
+    centres = rng.normal(scale=6.0, size=(3, 4))
+    copper, hydrogen = rng.normal(size=(300, 4)), blobs(rng, 600, centres) + 20.0
+    train = np.vstack([copper, hydrogen])
+    elements = np.array(["Cu"] * 300 + ["H"] * 600)
+    model = gmm_latent(
+        train,
+        copper[:50],
+        np.full(50, 0.1),
+        train_elements=elements,
+        validation_elements=["Cu"] * 50,
+        components=(1, 2, 3, 4),
+        without_validation="bic",
+    )
+    # three planted clusters: BIC on the training atoms finds them
+    assert model.n_components["H"] == 3
+    assert model.validation_nll["H"][3] == min(model.validation_nll["H"].values())
+
+
 def test_log_linear_scale_recovers_a_planted_law():
     rng = np.random.default_rng(3)
     score = rng.normal(size=4000)
@@ -164,6 +184,8 @@ def test_bad_settings_and_queries_are_named():
             train_elements=["Cu"] * 20 + ["H"] * 20,
             validation_elements=["Cu"] * 5,
         )
+    with pytest.raises(LTAUInputError, match="without_validation"):
+        gmm_latent(train, validation, np.ones(5), without_validation="skip")
     model = llpr(train, validation, np.ones(5))
     with pytest.raises(LTAUInputError, match="NaN"):
         model.uncertainty(np.full((2, 3), np.nan))
@@ -258,3 +280,87 @@ def test_ensemble_benchmark_fits_both_baselines_on_its_splits(tiny_mace):
     assert record["llpr"]["lambda"] == pytest.approx(rigidity.lam)
     assert record["gmm_latent"]["added_inference_ratio"] > 0
     assert record["llpr"]["fit_seconds"] > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_shallow():
+    """A three-head shallow ensemble (float64) trained for 15 epochs on six Cu+H frames."""
+    pytest.importorskip("mace")
+    from _shallow_ensemble import train_shallow_ensemble
+
+    from ltau.atomistic.structures import read_structures
+    from ltau.demo.emt_data import make_md_dataset
+    from ltau.integrations.mace import MACESettings
+
+    frames = make_md_dataset(["Cu"], ["H"], 300.0, 6, seed=3, progress=False, slab_size=(2, 2, 2))
+    train = read_structures(frames, energy_key="REF_energy", forces_key="REF_forces")
+    settings = MACESettings(
+        r_max=4.0, num_channels=8, mlp_channels=8, batch_size=2, seed=2, dtype="float64"
+    )
+    return train_shallow_ensemble(train, epochs=15, n_heads=3, settings=settings), frames
+
+
+def test_shallow_ensemble_heads_forces_are_their_energy_gradients(tiny_shallow):
+    from _shallow_ensemble import evaluate_shallow_ensemble
+
+    from ltau.atomistic.structures import read_structures
+
+    trained, frames = tiny_shallow
+    step, atom = 1e-5, 3
+    plus, minus = frames[0].copy(), frames[0].copy()
+    plus.positions[atom, 0] += step
+    minus.positions[atom, 0] -= step
+    keys = {"energy_key": None, "forces_key": None, "require_forces": False}
+    energies, forces = evaluate_shallow_ensemble(
+        trained, read_structures([frames[0], plus, minus], **keys)
+    )
+    assert energies.shape == (3, 3) and forces.shape == (3, 3 * len(frames[0]), 3)
+    assert np.ptp(forces, axis=0).max() > 0  # the heads differ
+    numeric = -(energies[:, 1] - energies[:, 2]) / (2 * step)
+    assert np.allclose(forces[:, atom, 0], numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_shallow_ensemble_spread_grows_off_the_training_data(tiny_shallow):
+    from _shallow_ensemble import evaluate_shallow_ensemble
+
+    from ltau.atomistic.structures import read_structures
+
+    trained, frames = tiny_shallow
+    squeezed = []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.set_cell(atoms.cell * 0.75, scale_atoms=True)
+        squeezed.append(atoms)
+    keys = {"energy_key": None, "forces_key": None, "require_forces": False}
+
+    def spread(structures) -> float:
+        _, forces = evaluate_shallow_ensemble(trained, structures)
+        return float(np.mean(np.linalg.norm(forces - forces.mean(axis=0), axis=2)))
+
+    # bonds 25% shorter than any the heads were fitted on: they disagree at least twice as much
+    assert spread(read_structures(squeezed, **keys)) > 2 * spread(read_structures(frames, **keys))
+
+
+def test_shallow_ensemble_bad_input_is_named(tiny_shallow):
+    from _shallow_ensemble import (
+        ShallowEnsembleMACE,
+        evaluate_shallow_ensemble,
+        train_shallow_ensemble,
+    )
+    from ase.build import molecule
+
+    from ltau.atomistic.structures import read_structures
+
+    trained, frames = tiny_shallow
+    with pytest.raises(LTAUInputError, match="at least 2 heads"):
+        ShallowEnsembleMACE(trained.model.backbone, 1, 8)
+    water = read_structures(
+        [molecule("H2O")], energy_key=None, forces_key=None, require_forces=False
+    )
+    with pytest.raises(LTAUInputError, match="atomic numbers \\[8\\]"):
+        evaluate_shallow_ensemble(trained, water)
+    unlabelled = read_structures(frames, energy_key=None, forces_key=None, require_forces=False)
+    with pytest.raises(LTAUInputError, match="reference energies and forces"):
+        train_shallow_ensemble(unlabelled, epochs=1, n_heads=2)
+    with pytest.raises(LTAUInputError, match="epochs"):
+        train_shallow_ensemble(unlabelled, epochs=0, n_heads=2)
